@@ -1,0 +1,236 @@
+"""Opening a committed dataset version and reading it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Mapping, Sequence
+
+import pyarrow as pa
+
+from ._crc import crc32c_extend
+from .encoding import arrow_schema, decode_column, storage_columns, to_arrow_tensor
+from .errors import CorruptDatasetError
+from .manifest import Manifest, ShardInfo, latest_version, load_manifest, manifest_path
+from .predicates import Predicate
+from .scan import RowGroupRef, Scanner, all_row_groups
+from .schema import Schema
+from .storage import Storage
+
+__all__ = ["Dataset", "open_dataset"]
+
+logger = logging.getLogger(__name__)
+
+
+class Dataset:
+    """One committed version of a dataset. Cheap to create and to pickle (holds the manifest).
+
+    Use :func:`open_dataset` to get one.
+    """
+
+    def __init__(self, storage: Storage, manifest: Manifest) -> None:
+        self.storage = storage
+        self.manifest = manifest
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.storage.url!r}, version={self.version}, rows={len(self)}, "
+                f"shards={len(self.shards)}, fields={self.schema.names})")
+
+    # -- metadata ----------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    @property
+    def schema(self) -> Schema:
+        return self.manifest.schema
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def parent_version(self) -> int | None:
+        return self.manifest.parent_version
+
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        return self.manifest.shards
+
+    @property
+    def files(self) -> list[str]:
+        """Full paths of the committed shard files of this version."""
+        return [self.storage.path(s.path) for s in self.shards]
+
+    @property
+    def num_rows(self) -> int:
+        return self.manifest.rows
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the shard files of this version."""
+        return self.manifest.bytes
+
+    def __len__(self) -> int:
+        return self.manifest.rows
+
+    @property
+    def row_groups(self) -> list[RowGroupRef]:
+        return all_row_groups(self.manifest)
+
+    def versions(self) -> list[int]:
+        """Every committed version number of this dataset (probes manifests, newest last)."""
+        latest = latest_version(self.storage) or self.version
+        return [v for v in range(1, latest + 1) if self.storage.exists(manifest_path(v))]
+
+    # -- reading -----------------------------------------------------------------------------------
+    def scanner(
+        self,
+        columns: Sequence[str] | None = None,
+        filter: Any = None,
+        predicate: Predicate | None = None,
+        batch_size: int = 1024,
+        *,
+        pad_variable: bool = False,
+        drop_last: bool = False,
+    ) -> Scanner:
+        """A :class:`~tensorstore_fs.scan.Scanner`: iterate it for batches, read ``.stats`` after."""
+        return Scanner(
+            self.storage,
+            self.manifest,
+            columns=columns,
+            filter=filter,
+            predicate=predicate,
+            batch_size=batch_size,
+            pad_variable=pad_variable,
+            drop_last=drop_last,
+        )
+
+    def to_batches(
+        self,
+        columns: Sequence[str] | None = None,
+        filter: Any = None,
+        predicate: Predicate | None = None,
+        batch_size: int = 1024,
+        *,
+        pad_variable: bool = False,
+        drop_last: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield batches as dicts of numpy arrays, in storage order.
+
+        Parameters
+        ----------
+        columns : list of str, optional
+            Fields to read (all by default). Only these columns' bytes are read.
+        filter : pyarrow.compute.Expression, optional
+            On scalar fields, e.g. ``(pc.field("label") == 3) & (pc.field("id") < 1000)``. Row
+            groups whose manifest statistics rule it out are skipped without opening their files;
+            the remaining rows are filtered exactly.
+        predicate : Predicate, optional
+            ``in_set``, ``in_range``, ``in_lambda``, ``in_negate``, ``in_reduce``,
+            ``in_pseudorandom_split``: evaluated vectorised on each row group.
+        batch_size : int
+            Rows per batch (the last batch may be shorter unless ``drop_last``).
+        pad_variable : bool
+            Variable-shape fields arrive as a list of arrays by default; with ``True`` as one
+            zero-padded array plus ``<name>__shape`` (n, ndim) holding each row's shape.
+        drop_last : bool
+            Drop a final batch shorter than ``batch_size``.
+
+        Yields
+        ------
+        dict
+            Fixed-shape fields as ``(n, *shape)`` arrays decoded zero-copy (read-only views);
+            scalars as ``(n,)`` arrays; strings/bytes as object arrays; nullable numeric fields as
+            ``numpy.ma.MaskedArray``.
+        """
+        return iter(self.scanner(columns, filter, predicate, batch_size, pad_variable=pad_variable, drop_last=drop_last))
+
+    def to_table(
+        self,
+        columns: Sequence[str] | None = None,
+        filter: Any = None,
+        predicate: Predicate | None = None,
+    ) -> pa.Table:
+        """Read into one pyarrow Table.
+
+        Fixed-shape tensor fields become ``arrow.fixed_shape_tensor`` columns (zero-copy
+        reinterpretation of the stored bytes; bool tensors are unpacked). Variable-shape fields
+        keep the storage layout: ``large_binary`` payload plus the ``__shape__<name>`` column.
+        """
+        scanner = self.scanner(columns, filter, predicate, batch_size=1 << 62)
+        names = storage_columns(self.schema, scanner.columns)
+        tables = list(scanner._tables())
+        storage_schema = arrow_schema(self.schema)
+        table = pa.concat_tables(tables) if tables else storage_schema.empty_table().select(names)
+        arrays = []
+        fields = []
+        for name in names:
+            col = table.column(name)
+            if name in self.schema and self.schema[name].is_fixed_tensor:
+                f = self.schema[name]
+                chunks = [to_arrow_tensor(c, f) for c in col.chunks] or [to_arrow_tensor(pa.array([], type=col.type), f)]
+                col = pa.chunked_array(chunks)
+            arrays.append(col)
+            fields.append(pa.field(name, col.type, nullable=storage_schema.field(name).nullable))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=storage_schema.metadata))
+
+    def head(self, n: int = 5, columns: Sequence[str] | None = None) -> dict[str, Any]:
+        """The first ``n`` rows as one batch."""
+        for batch in self.to_batches(columns=columns, batch_size=max(1, n)):
+            return batch
+        empty = arrow_schema(self.schema).empty_table()
+        out: dict[str, Any] = {}
+        for name in columns or self.schema.names:
+            out.update(decode_column(empty, self.schema.field(name)))
+        return out
+
+    def verify(self) -> None:
+        """Check every shard file against the size and CRC32C recorded in the manifest.
+
+        Raises
+        ------
+        CorruptDatasetError
+            Naming the first file whose size or checksum differs.
+        """
+        for s in self.shards:
+            crc, size = 0, 0
+            with self.storage.open_stream(s.path) as fh:
+                while True:
+                    chunk = fh.read(8 << 20)
+                    if not chunk:
+                        break
+                    crc = crc32c_extend(crc, chunk)
+                    size += len(chunk)
+            if size != s.bytes or crc != s.crc32c:
+                raise CorruptDatasetError(
+                    f"{self.storage.url}/{s.path}: size {size} crc32c {crc:08x}, manifest records "
+                    f"size {s.bytes} crc32c {s.crc32c:08x}"
+                )
+
+
+def open_dataset(url: str, version: int | None = None, storage_options: Mapping[str, Any] | None = None) -> Dataset:
+    """Open a committed dataset version by reading its manifest only.
+
+    Parameters
+    ----------
+    url : str
+        Dataset root (local path, ``file://``, ``memory://``, ``s3://``, ...).
+    version : int, optional
+        Pin a version; the newest by default.
+    storage_options : mapping, optional
+        fsspec filesystem options (credentials, endpoint, ...).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        ``url`` holds no dataset, or not that version.
+    CorruptDatasetError
+        The manifest is truncated, tampered with or malformed.
+    UnsupportedFormatError
+        The manifest was written by a newer format version.
+    """
+    if isinstance(url, Dataset):
+        return url if version in (None, url.version) else open_dataset(url.url, version, url.storage.storage_options)
+    storage = Storage(url, storage_options)
+    return Dataset(storage, load_manifest(storage, version))
+

@@ -1,0 +1,304 @@
+"""How each field's values sit in Arrow/Parquet columns, both ways.
+
+* scalar numeric/bool fields -> native Arrow columns (statistics kept);
+* ``string``/``bytes`` -> Arrow ``string``/``binary``;
+* fixed-shape tensors -> ``fixed_size_binary(nbytes)``: the row's C-order little-endian bytes;
+* variable-shape tensors -> ``large_binary`` payload plus a ``__shape__<name>`` column
+  ``fixed_size_list<int32>[ndim]`` holding each row's shape.
+
+Decoding a fixed-shape column is one ``np.frombuffer`` + reshape over the batch's buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .columns import Column
+from .errors import CorruptDatasetError
+from .schema import Field, Schema
+
+__all__ = [
+    "SHAPE_PREFIX",
+    "shape_column",
+    "arrow_schema",
+    "storage_columns",
+    "stat_columns",
+    "encode_batch",
+    "decode_column",
+    "to_arrow_tensor",
+]
+
+SHAPE_PREFIX = "__shape__"
+SCHEMA_METADATA_KEY = b"tensorstore_fs.schema"
+
+_SCALAR_ARROW = {
+    "bool": pa.bool_(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "float16": pa.float16(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bytes": pa.binary(),
+}
+
+
+def shape_column(name: str) -> str:
+    """Name of the per-row shape column of variable-shape field ``name``."""
+    return SHAPE_PREFIX + name
+
+
+def _storage_fields(f: Field) -> list[pa.Field]:
+    if f.is_scalar:
+        return [pa.field(f.name, _SCALAR_ARROW[f.dtype], nullable=f.nullable)]
+    if f.is_fixed_tensor:
+        return [pa.field(f.name, pa.binary(f.row_nbytes), nullable=f.nullable)]
+    return [
+        pa.field(f.name, pa.large_binary(), nullable=f.nullable),
+        pa.field(shape_column(f.name), pa.list_(pa.int32(), len(f.shape)), nullable=False),
+    ]
+
+
+def arrow_schema(schema: Schema) -> pa.Schema:
+    """The Arrow schema of shard files for ``schema`` (tensor schema JSON in its metadata)."""
+    fields = [af for f in schema.fields for af in _storage_fields(f)]
+    return pa.schema(fields, metadata={SCHEMA_METADATA_KEY: schema.to_json().encode()})
+
+
+def storage_columns(schema: Schema, names: list[str] | None = None) -> list[str]:
+    """Physical column names holding the given fields (all fields when ``names`` is None)."""
+    fields = schema.fields if names is None else [schema.field(n) for n in names]
+    out: list[str] = []
+    for f in fields:
+        out.append(f.name)
+        if f.is_variable:
+            out.append(shape_column(f.name))
+    return out
+
+
+def stat_columns(schema: Schema) -> list[str]:
+    """Columns that get Parquet statistics and manifest min/max: scalar numeric and string fields."""
+    return [f.name for f in schema.fields if f.is_scalar and f.dtype != "bytes"]
+
+
+# --------------------------------------------------------------------------------------------
+# numpy -> arrow
+# --------------------------------------------------------------------------------------------
+
+def _validity_buffer(valid: np.ndarray | None) -> pa.Buffer | None:
+    if valid is None:
+        return None
+    return pa.array(valid, type=pa.bool_()).buffers()[1]
+
+
+def _encode_fixed(col: Column) -> pa.Array:
+    f = col.field
+    data = np.ascontiguousarray(col.values)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    buf = pa.py_buffer(data.reshape(-1).view(np.uint8)) if data.size else pa.py_buffer(b"")
+    nulls = 0 if col.valid is None else int((~col.valid).sum())
+    return pa.Array.from_buffers(pa.binary(f.row_nbytes), col.length, [_validity_buffer(col.valid), buf], null_count=nulls)
+
+
+def _encode_variable(col: Column) -> tuple[pa.Array, pa.Array]:
+    f = col.field
+    ndim = len(f.shape)
+    n = col.length
+    shapes = np.zeros((n, ndim), dtype=np.int32)
+    sizes = np.zeros(n, dtype=np.int64)
+    parts = []
+    itemsize = f.numpy_dtype.itemsize
+    for i, a in enumerate(col.values):
+        if a is None:
+            continue
+        shapes[i] = a.shape
+        sizes[i] = a.size * itemsize
+        parts.append(np.ascontiguousarray(a, dtype=f.numpy_dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    payload = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    nulls = 0 if col.valid is None else int((~col.valid).sum())
+    values = pa.Array.from_buffers(
+        pa.large_binary(), n, [_validity_buffer(col.valid), pa.py_buffer(offsets), pa.py_buffer(payload)], null_count=nulls
+    )
+    shape_arr = pa.FixedSizeListArray.from_arrays(pa.array(shapes.reshape(-1), type=pa.int32()), ndim)
+    return values, shape_arr
+
+
+def _encode_scalar(col: Column) -> pa.Array:
+    f = col.field
+    typ = _SCALAR_ARROW[f.dtype]
+    mask = None if col.valid is None else ~col.valid
+    if f.dtype in ("string", "bytes"):
+        return pa.array(col.values, type=typ, mask=mask, from_pandas=False)
+    return pa.array(col.values, type=typ, mask=mask)
+
+
+def encode_batch(columns: dict[str, Column], schema: Schema, arrow_sch: pa.Schema) -> pa.RecordBatch:
+    """Validated columns -> one Arrow record batch in storage layout."""
+    arrays: list[pa.Array] = []
+    n = 0
+    for f in schema.fields:
+        col = columns[f.name]
+        n = col.length
+        if f.is_scalar:
+            arrays.append(_encode_scalar(col))
+        elif f.is_fixed_tensor:
+            arrays.append(_encode_fixed(col))
+        else:
+            arrays.extend(_encode_variable(col))
+    return pa.RecordBatch.from_arrays(arrays, schema=arrow_sch) if arrays else pa.RecordBatch.from_pydict({}, schema=arrow_sch)
+
+
+def row_nbytes(batch: pa.RecordBatch, schema: Schema) -> np.ndarray:
+    """Approximate stored bytes of each row of an encoded batch (for sizing row groups)."""
+    n = batch.num_rows
+    fixed = 0
+    var = np.zeros(n, dtype=np.int64)
+    for f in schema.fields:
+        if f.is_fixed_tensor:
+            fixed += f.row_nbytes
+        elif f.is_variable:
+            arr = batch.column(f.name)
+            offs = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
+            var += np.diff(offs) + 4 * len(f.shape)
+        elif f.dtype in ("string", "bytes"):
+            arr = batch.column(f.name)
+            offs = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+            var += np.diff(offs) + 4
+        else:
+            fixed += f.numpy_dtype.itemsize
+    return var + fixed
+
+
+# --------------------------------------------------------------------------------------------
+# arrow -> numpy
+# --------------------------------------------------------------------------------------------
+
+def _single_chunk(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 1:
+            return arr.chunk(0)
+        if arr.num_chunks == 0:
+            return pa.array([], type=arr.type)
+        return arr.combine_chunks()
+    return arr
+
+
+def _valid_mask(arr: pa.Array) -> np.ndarray | None:
+    if arr.null_count == 0:
+        return None
+    return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _masked(values: np.ndarray, valid: np.ndarray | None, f: Field) -> np.ndarray:
+    if not f.nullable:
+        return values
+    mask = np.zeros(values.shape, dtype=bool) if valid is None else np.broadcast_to(
+        (~valid).reshape((-1,) + (1,) * (values.ndim - 1)), values.shape
+    )
+    return np.ma.MaskedArray(values, mask=mask)
+
+
+def fixed_values(arr: pa.Array, f: Field) -> np.ndarray:
+    """Zero-copy ``(n, *shape)`` view of a ``fixed_size_binary`` column (honours ``arr.offset``)."""
+    n = len(arr)
+    nbytes = f.row_nbytes
+    buf = arr.buffers()[1]
+    if n == 0 or buf is None:
+        return np.zeros((0, *f.shape), dtype=f.numpy_dtype)
+    flat = np.frombuffer(buf, dtype=np.uint8, count=n * nbytes, offset=arr.offset * nbytes)
+    return flat.view(f.numpy_dtype.newbyteorder("<")).reshape((n, *f.shape))
+
+
+def variable_values(arr: pa.Array, shapes: pa.Array, f: Field) -> list[np.ndarray | None]:
+    """Per-row zero-copy views of a variable-shape column."""
+    n = len(arr)
+    if n == 0:
+        return []
+    offs = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
+    data = arr.buffers()[2]
+    payload = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(0, np.uint8)
+    ndim = len(f.shape)
+    shp = shapes.flatten().to_numpy(zero_copy_only=False).reshape(n, ndim)
+    dt = f.numpy_dtype.newbyteorder("<")
+    valid = _valid_mask(arr)
+    out: list[np.ndarray | None] = []
+    for i in range(n):
+        if valid is not None and not valid[i]:
+            out.append(None)
+            continue
+        row = payload[offs[i]:offs[i + 1]].view(dt)
+        expected = int(np.prod(shp[i]))
+        if row.size != expected:
+            raise CorruptDatasetError(
+                f"field {f.name!r}: row payload holds {row.size} values but its shape {tuple(shp[i])} needs {expected}"
+            )
+        out.append(row.reshape(tuple(shp[i])))
+    return out
+
+
+def pad_variable(rows: list[np.ndarray | None], f: Field) -> tuple[np.ndarray, np.ndarray]:
+    """Pad variable-shape rows with zeros to the largest extent per dimension.
+
+    Returns ``(padded (n, *max_shape), shapes (n, ndim) int64)``; null rows have shape zeros.
+    """
+    ndim = len(f.shape)
+    shapes = np.array([r.shape if r is not None else (0,) * ndim for r in rows], dtype=np.int64).reshape(len(rows), ndim)
+    max_shape = tuple(int(x) for x in (shapes.max(axis=0) if len(rows) else np.zeros(ndim, np.int64)))
+    out = np.zeros((len(rows), *max_shape), dtype=f.numpy_dtype)
+    for i, r in enumerate(rows):
+        if r is not None and r.size:
+            out[(i, *[slice(0, s) for s in r.shape])] = r
+    return out, shapes
+
+
+def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = False) -> dict[str, Any]:
+    """Decode field ``f`` from a storage-layout batch into numpy.
+
+    Returns a dict with ``{f.name: values}``, plus ``{f.name + "__shape": shapes}`` for padded
+    variable-shape fields.
+    """
+    arr = _single_chunk(table.column(f.name))
+    if f.is_fixed_tensor:
+        return {f.name: _masked(fixed_values(arr, f), _valid_mask(arr), f)}
+    if f.is_variable:
+        rows = variable_values(arr, _single_chunk(table.column(shape_column(f.name))), f)
+        if pad:
+            padded, shapes = pad_variable(rows, f)
+            return {f.name: padded, f.name + "__shape": shapes}
+        return {f.name: rows}
+    if f.dtype in ("string", "bytes"):
+        return {f.name: arr.to_numpy(zero_copy_only=False)}
+    valid = _valid_mask(arr)
+    if valid is not None:
+        arr = arr.fill_null(False if f.dtype == "bool" else 0)
+    values = arr.to_numpy(zero_copy_only=False)
+    return {f.name: _masked(values, valid, f)}
+
+
+def to_arrow_tensor(arr: pa.Array | pa.ChunkedArray, f: Field) -> pa.Array:
+    """Reinterpret a ``fixed_size_binary`` column as ``arrow.fixed_shape_tensor`` without copying."""
+    arr = _single_chunk(arr)
+    value_type = _SCALAR_ARROW[f.dtype]
+    n = len(arr)
+    if f.dtype == "bool":  # Arrow booleans are bit-packed: this one needs a copy
+        values = pa.array(fixed_values(arr, f).reshape(-1), type=pa.bool_())
+    else:
+        buf = arr.buffers()[1]
+        if buf is None:
+            buf = pa.py_buffer(b"")
+        sliced = buf.slice(arr.offset * f.row_nbytes, n * f.row_nbytes)
+        values = pa.Array.from_buffers(value_type, n * f.numel, [None, sliced])
+    storage = pa.FixedSizeListArray.from_arrays(values, f.numel, mask=None if arr.null_count == 0 else arr.is_null())
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value_type, f.shape), storage)

@@ -1,0 +1,341 @@
+"""Reading committed row groups: pruning from manifest statistics, exact filtering, re-batching.
+
+The unit of work is a :class:`RowGroupRef` (shard, row group). The scanner prunes row groups
+against the manifest's min/max statistics before any file is opened, reads the filter's scalar
+columns first, evaluates the filter/predicate exactly, and reads tensor columns only for row
+groups where some row matched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .encoding import arrow_schema, decode_column, storage_columns
+from .errors import CorruptDatasetError, InvalidArgumentError
+from .manifest import Manifest
+from .predicates import Predicate
+from .schema import Schema
+from .storage import Storage
+
+__all__ = ["RowGroupRef", "ScanStats", "Scanner", "prune_row_groups", "all_row_groups"]
+
+logger = logging.getLogger(__name__)
+
+_IDX = "__row__"
+
+
+@dataclass(frozen=True)
+class RowGroupRef:
+    """One row group of one shard, and where its rows sit in the dataset."""
+
+    shard: int
+    row_group: int
+    first_row: int  # global index of its first row in the manifest's order
+    rows: int
+
+
+@dataclass
+class ScanStats:
+    """What a scan touched (filled in while iterating)."""
+
+    row_groups_total: int = 0
+    row_groups_pruned: int = 0
+    row_groups_read: int = 0
+    files_opened: int = 0
+    rows_scanned: int = 0
+    rows_matched: int = 0
+    bytes_read: int = 0
+    opened_paths: list[str] = field(default_factory=list)
+
+
+def all_row_groups(manifest: Manifest) -> list[RowGroupRef]:
+    out = []
+    first = 0
+    for si, shard in enumerate(manifest.shards):
+        for gi, g in enumerate(shard.row_groups):
+            out.append(RowGroupRef(si, gi, first, g.rows))
+            first += g.rows
+    return out
+
+
+def _guarantee(stats: dict[str, Any], rows: int, types: dict[str, pa.DataType]) -> Any:
+    """A pyarrow expression true for every row of a row group, from its manifest statistics."""
+    parts = []
+    for name, st in stats.items():
+        if name not in types:
+            continue
+        f = pc.field(name)
+        nulls = int(st.get("nulls", 0))
+        if nulls == rows:
+            parts.append(f.is_null())
+            continue
+        if "min" not in st:
+            continue
+        lo = pa.scalar(st["min"], type=types[name])
+        hi = pa.scalar(st["max"], type=types[name])
+        rng = (f >= lo) & (f <= hi)
+        parts.append(rng if nulls == 0 else (rng | f.is_null()))
+    if not parts:
+        return pc.scalar(True)
+    out = parts[0]
+    for p in parts[1:]:
+        out = out & p
+    return out
+
+
+def prune_row_groups(manifest: Manifest, refs: Sequence[RowGroupRef], expression: Any, arrow_types: dict[str, pa.DataType]) -> list[RowGroupRef]:
+    """Keep the row groups whose statistics do not rule ``expression`` out.
+
+    Uses pyarrow's own expression simplification (each row group becomes a fragment whose
+    partition expression is its min/max guarantee), so pruning follows Arrow's semantics exactly
+    and never opens a file.
+    """
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    if not refs:
+        return []
+    guarantees = [
+        _guarantee(manifest.shards[r.shard].row_groups[r.row_group].stats, r.rows, arrow_types) for r in refs
+    ]
+    schema = pa.schema([(k, v) for k, v in arrow_types.items()])
+    virtual = pads.FileSystemDataset.from_paths(
+        [f"rg/{i}" for i in range(len(refs))],
+        schema=schema,
+        format=pads.ParquetFileFormat(),
+        filesystem=pafs.LocalFileSystem(),
+        partitions=guarantees,
+    )
+    try:
+        kept = [int(fr.path.rsplit("/", 1)[1]) for fr in virtual.get_fragments(filter=expression)]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        raise InvalidArgumentError(f"filter {expression} cannot be applied: {e}") from None
+    return [refs[i] for i in sorted(kept)]
+
+
+def _pruning_types(schema: Schema, arrow_schema: pa.Schema) -> dict[str, pa.DataType]:
+    return {f.name: arrow_schema.field(f.name).type for f in schema.fields if f.is_scalar}
+
+
+class Scanner:
+    """An iterable over decoded batches of one dataset version.
+
+    Build it with :meth:`tensorstore_fs.Dataset.scanner`; iterate it for dicts of numpy arrays.
+    ``stats`` reports what the scan touched.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        manifest: Manifest,
+        *,
+        columns: Sequence[str] | None = None,
+        filter: Any = None,
+        predicate: Predicate | None = None,
+        batch_size: int = 1024,
+        pad_variable: bool = False,
+        drop_last: bool = False,
+        row_groups: Sequence[RowGroupRef] | None = None,
+    ) -> None:
+        schema = manifest.schema
+        if columns is None:
+            names = schema.names
+        else:
+            if isinstance(columns, str):
+                raise InvalidArgumentError(f"columns must be a list of field names, got the string {columns!r}")
+            names = list(columns)
+            for c in names:
+                if c not in schema:
+                    raise InvalidArgumentError(f"unknown column {c!r}; dataset fields are {schema.names}")
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+        if filter is not None and not isinstance(filter, pc.Expression):
+            raise InvalidArgumentError(
+                f"filter must be a pyarrow.compute.Expression (e.g. pc.field('label') == 3), got {type(filter).__name__}"
+            )
+        if predicate is not None:
+            if not isinstance(predicate, Predicate):
+                raise InvalidArgumentError(f"predicate must be a tensorstore_fs predicate, got {type(predicate).__name__}")
+            for f in predicate.fields:
+                if f not in schema:
+                    raise InvalidArgumentError(f"predicate reads unknown field {f!r}; dataset fields are {schema.names}")
+        self.storage = storage
+        self.manifest = manifest
+        self.schema = schema
+        self.columns = names
+        self.filter = filter
+        self.predicate = predicate
+        self.batch_size = int(batch_size)
+        self.pad_variable = pad_variable
+        self.drop_last = drop_last
+        self.stats = ScanStats()
+        self._arrow_schema = arrow_schema(schema)
+        refs = list(row_groups) if row_groups is not None else all_row_groups(manifest)
+        self.stats.row_groups_total = len(refs)
+        self.row_groups = self._prune(refs)
+        self.stats.row_groups_pruned = len(refs) - len(self.row_groups)
+
+    # -- planning --------------------------------------------------------------------------------
+    def _prune(self, refs: list[RowGroupRef]) -> list[RowGroupRef]:
+        exprs = [e for e in (self.filter, self.predicate.to_expression() if self.predicate else None) if e is not None]
+        if not exprs:
+            return refs
+        expr = exprs[0] if len(exprs) == 1 else exprs[0] & exprs[1]
+        return prune_row_groups(self.manifest, refs, expr, _pruning_types(self.schema, self._arrow_schema))
+
+    @property
+    def _filter_fields(self) -> list[str]:
+        """Fields read in the first phase: every scalar field for a filter, plus predicate fields."""
+        out: list[str] = []
+        if self.filter is not None:
+            out += [f.name for f in self.schema.fields if f.is_scalar]
+        if self.predicate is not None:
+            out += [f for f in self.predicate.fields if f not in out]
+        return out
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _open(self, rel: str) -> pq.ParquetFile:
+        try:
+            pf = pq.ParquetFile(self.storage.open_input(rel))
+        except (pa.ArrowInvalid, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise CorruptDatasetError(f"{self.storage.url}/{rel}: not a readable Parquet file: {e}") from None
+        self.stats.files_opened += 1
+        self.stats.opened_paths.append(rel)
+        return pf
+
+    def _read(self, pf: pq.ParquetFile, ref: RowGroupRef, fields: list[str], rel: str) -> pa.Table:
+        cols = storage_columns(self.schema, fields)
+        try:
+            table = pf.read_row_group(ref.row_group, columns=cols, use_threads=True)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise CorruptDatasetError(f"{self.storage.url}/{rel}: row group {ref.row_group} unreadable: {e}") from None
+        rg_meta = pf.metadata.row_group(ref.row_group)
+        wanted = set(cols)
+        for i, af in enumerate(pf.schema_arrow):  # every storage column is a single Parquet leaf
+            if af.name in wanted:
+                self.stats.bytes_read += rg_meta.column(i).total_compressed_size
+        if table.num_rows != ref.rows:
+            raise CorruptDatasetError(
+                f"{self.storage.url}/{rel}: row group {ref.row_group} holds {table.num_rows} rows, manifest says {ref.rows}"
+            )
+        return table
+
+    def _matching(self, pf: pq.ParquetFile, ref: RowGroupRef, rel: str) -> tuple[np.ndarray | None, pa.Table | None]:
+        """Indices of matching rows (None = all) and the phase-one table."""
+        ffields = self._filter_fields
+        if not ffields:
+            return None, None
+        t = self._read(pf, ref, ffields, rel)
+        keep = np.ones(t.num_rows, dtype=bool)
+        if self.filter is not None:
+            scalars = t.select([f.name for f in self.schema.fields if f.is_scalar])
+            indexed = scalars.append_column(_IDX, pa.array(np.arange(t.num_rows, dtype=np.int64)))
+            try:
+                hit = indexed.filter(self.filter).column(_IDX).to_numpy()
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                scalars_names = [f.name for f in self.schema.fields if f.is_scalar]
+                raise InvalidArgumentError(
+                    f"filter {self.filter} cannot be evaluated: {e}. A filter may reference scalar "
+                    f"columns only: {scalars_names}"
+                ) from None
+            keep[:] = False
+            keep[hit] = True
+        if self.predicate is not None and keep.any():
+            cols: dict[str, Any] = {}
+            for name in self.predicate.fields:
+                cols.update(decode_column(t, self.schema.field(name)))
+            keep &= _predicate_mask(self.predicate, cols, t.num_rows)
+        return np.flatnonzero(keep), t
+
+    def _tables(self) -> Iterator[pa.Table]:
+        """Matching rows of each row group, in order, as storage-layout tables."""
+        by_shard: dict[int, pq.ParquetFile] = {}
+        current = -1
+        for ref in self.row_groups:
+            rel = self.manifest.shards[ref.shard].path
+            if ref.shard != current:
+                by_shard.clear()
+                by_shard[ref.shard] = self._open(rel)
+                current = ref.shard
+                self._check_file(by_shard[ref.shard], ref.shard, rel)
+            pf = by_shard[ref.shard]
+            self.stats.row_groups_read += 1
+            self.stats.rows_scanned += ref.rows
+            hits, first = self._matching(pf, ref, rel)
+            if hits is not None and len(hits) == 0:
+                continue
+            have = set(first.column_names) if first is not None else set()
+            missing = [c for c in self.columns if c not in have]
+            table = self._read(pf, ref, missing, rel) if missing else None
+            if first is not None:
+                for c in self.columns:
+                    if c in have:
+                        for sc in storage_columns(self.schema, [c]):
+                            table = first.select([sc]) if table is None else table.append_column(sc, first.column(sc))
+            assert table is not None
+            table = table.select(storage_columns(self.schema, self.columns))
+            if hits is not None and len(hits) < ref.rows:
+                table = table.take(pa.array(hits))
+            self.stats.rows_matched += table.num_rows
+            yield table
+
+    def _check_file(self, pf: pq.ParquetFile, shard: int, rel: str) -> None:
+        info = self.manifest.shards[shard]
+        md = pf.metadata
+        if md.num_rows != info.rows or md.num_row_groups != len(info.row_groups):
+            raise CorruptDatasetError(
+                f"{self.storage.url}/{rel}: file has {md.num_rows} rows in {md.num_row_groups} row groups, "
+                f"manifest says {info.rows} rows in {len(info.row_groups)}"
+            )
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """Storage-layout tables of exactly ``batch_size`` rows (the last may be shorter)."""
+        bs = self.batch_size
+        pending: list[pa.Table] = []
+        have = 0
+        for t in self._tables():
+            start = 0
+            n = t.num_rows
+            if pending and have + n >= bs:
+                take = bs - have
+                pending.append(t.slice(0, take))
+                yield pa.concat_tables(pending)
+                pending, have, start = [], 0, take
+            while n - start >= bs:
+                yield t.slice(start, bs)
+                start += bs
+            if start < n:
+                pending.append(t.slice(start))
+                have += n - start
+        if pending and not self.drop_last:
+            yield pa.concat_tables(pending)
+
+    def decode(self, table: pa.Table) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.columns:
+            out.update(decode_column(table, self.schema.field(name), pad=self.pad_variable))
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for t in self.iter_tables():
+            yield self.decode(t)
+
+
+def _predicate_mask(predicate: Predicate, cols: dict[str, Any], n: int) -> np.ndarray:
+    mask = predicate(cols)
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (n,):
+        raise InvalidArgumentError(
+            f"predicate {predicate!r} returned dtype {mask.dtype} shape {mask.shape}; expected bool ({n},)"
+        )
+    return mask
+

@@ -1,0 +1,397 @@
+"""Writing datasets: validate, encode, roll row groups and shards by bytes, commit atomically."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import __version__
+from .columns import infer_schema, normalize_batch
+from .encoding import arrow_schema, encode_batch, row_nbytes, stat_columns
+from .errors import (
+    CommitConflictError,
+    DatasetExistsError,
+    InvalidArgumentError,
+    SchemaError,
+)
+from .manifest import Manifest, RowGroupInfo, ShardInfo, commit_manifest, latest_version, load_manifest, now_iso
+from .schema import Schema
+from .storage import Storage
+
+__all__ = ["DatasetWriter", "write_dataset", "MODES"]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("error", "overwrite", "append")
+DEFAULT_ROW_GROUP_BYTES = 32 * 2**20
+DEFAULT_SHARD_BYTES = 256 * 2**20
+MAX_ROW_GROUP_ROWS = 1 << 20  # pyarrow's own cap; never let it split our row groups behind our back
+_COMMIT_RETRIES = 20
+
+
+def _row_group_stats(table: pa.Table, columns: list[str]) -> dict[str, dict[str, Any]]:
+    """min / max / null count of each filterable column, JSON-ready (None-free)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in columns:
+        col = table.column(name)
+        entry: dict[str, Any] = {"nulls": int(col.null_count)}
+        if col.null_count < len(col):
+            if pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py():
+                out[name] = entry  # NaN defeats min/max pruning: record no bounds
+                continue
+            mm = pc.min_max(col)
+            lo, hi = mm["min"].as_py(), mm["max"].as_py()
+            if isinstance(lo, float) and not (np.isfinite(lo) and np.isfinite(hi)):
+                out[name] = entry
+                continue
+            entry["min"], entry["max"] = lo, hi
+        out[name] = entry
+    return out
+
+
+class DatasetWriter:
+    """Write a dataset batch by batch; commit on ``close()`` (or at the end of a ``with`` block).
+
+    Parameters
+    ----------
+    url : str
+        Dataset root (local path or fsspec URL).
+    schema : Schema, optional
+        Inferred from the first batch when omitted (or taken from the dataset when appending).
+    mode : {"error", "overwrite", "append"}
+        ``"error"`` refuses to touch anything that exists at ``url``; ``"overwrite"`` commits a new
+        version holding only the new rows (older versions stay readable by number);
+        ``"append"`` commits a new version adding shards, and requires the same schema.
+    storage_options : mapping, optional
+        fsspec filesystem options.
+    row_group_bytes : int
+        Target bytes per Parquet row group (the unit of pruning and of reading).
+    shard_bytes : int
+        Target bytes per shard file; files roll over at a row-group boundary past this size.
+    compression : str or None
+        Parquet codec for tensor columns (default none: tensor bytes rarely compress and reading
+        them stays at memory speed). Scalar columns always use ``scalar_compression``.
+    scalar_compression : str
+        Parquet codec for scalar and string columns (default ``"zstd"``).
+
+    Notes
+    -----
+    A batch is validated in full before any of it is buffered, so a :class:`SchemaError` leaves
+    the writer usable and the batch unwritten. An exception that leaves the ``with`` block aborts:
+    shard files written so far are deleted and nothing is committed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        schema: Schema | None = None,
+        *,
+        mode: str = "error",
+        storage_options: Mapping[str, Any] | None = None,
+        row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        compression: str | None = None,
+        scalar_compression: str = "zstd",
+    ) -> None:
+        if mode not in MODES:
+            raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}")
+        if schema is not None and not isinstance(schema, Schema):
+            raise InvalidArgumentError(f"schema must be a tensorstore_fs.Schema, got {type(schema).__name__}")
+        for name, val in (("row_group_bytes", row_group_bytes), ("shard_bytes", shard_bytes)):
+            if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
+                raise InvalidArgumentError(f"{name} must be a positive int, got {val!r}")
+        self.storage = Storage(url, storage_options)
+        self.mode = mode
+        self.row_group_bytes = int(row_group_bytes)
+        self.shard_bytes = int(shard_bytes)
+        self.compression = compression
+        self.scalar_compression = scalar_compression
+        self._writer_id = uuid.uuid4().hex[:12]
+        self._parent: Manifest | None = None
+        self._closed = False
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_sizes: list[np.ndarray] = []
+        self._pending_bytes = 0
+        self._shards: list[ShardInfo] = []
+        self._written_paths: list[str] = []
+        self._file: Any = None
+        self._pq: pq.ParquetWriter | None = None
+        self._cur_path: str | None = None
+        self._cur_groups: list[RowGroupInfo] = []
+        self.rows_written = 0
+        self.manifest: Manifest | None = None
+        self._check_target(schema)
+        self.schema: Schema | None = None
+        if schema is not None:
+            self._set_schema(schema)
+        elif self._parent is not None and mode == "append":
+            self._set_schema(self._parent.schema)
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _check_target(self, schema: Schema | None) -> None:
+        existing = latest_version(self.storage)
+        if self.mode == "error":
+            if existing is not None:
+                raise DatasetExistsError(
+                    f"{self.storage.url} already holds a dataset (version {existing}); "
+                    "pass mode='overwrite' or mode='append'"
+                )
+            if self.storage.is_nonempty_dir():
+                raise DatasetExistsError(f"{self.storage.url} exists and is not empty; refusing to write there")
+            return
+        if existing is None:
+            if self.mode == "overwrite" and self.storage.is_nonempty_dir():
+                raise DatasetExistsError(
+                    f"{self.storage.url} is a non-empty directory that is not a tensorstore_fs dataset; "
+                    "refusing to overwrite files we did not write"
+                )
+            return
+        self._parent = load_manifest(self.storage, existing)
+        if self.mode == "append" and schema is not None and schema != self._parent.schema:
+            raise SchemaError(_schema_diff(self._parent.schema, schema, self.storage.url))
+
+    def _set_schema(self, schema: Schema) -> None:
+        self.schema = schema
+        self._arrow_schema = arrow_schema(schema)
+        self._stat_cols = stat_columns(schema)
+        self._scalar_cols = [f.name for f in schema.fields if f.is_scalar]
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write(self, batch: Any) -> int:
+        """Validate and buffer one batch; returns the number of rows accepted.
+
+        ``batch`` is a dict of columns (numpy arrays, torch tensors, lists), a list of row dicts,
+        a pandas DataFrame or a pyarrow Table/RecordBatch.
+        """
+        if self._closed:
+            raise InvalidArgumentError("this DatasetWriter is closed")
+        if self.schema is None:
+            self._set_schema(infer_schema(batch))
+        assert self.schema is not None
+        cols, n = normalize_batch(batch, self.schema)
+        if n == 0:
+            return 0
+        rb = encode_batch(cols, self.schema, self._arrow_schema)
+        sizes = row_nbytes(rb, self.schema)
+        self._pending.append(rb)
+        self._pending_sizes.append(sizes)
+        self._pending_bytes += int(sizes.sum())
+        self.rows_written += n
+        while self._pending_bytes >= self.row_group_bytes or self._pending_rows() >= MAX_ROW_GROUP_ROWS:
+            self._flush_row_group(final=False)
+        return n
+
+    def _pending_rows(self) -> int:
+        return sum(b.num_rows for b in self._pending)
+
+    def _flush_row_group(self, *, final: bool) -> None:
+        if not self._pending:
+            return
+        sizes = np.concatenate(self._pending_sizes)
+        table = pa.Table.from_batches(self._pending, schema=self._arrow_schema)
+        if final:
+            cut = len(sizes)
+        else:
+            cut = int(np.searchsorted(np.cumsum(sizes), self.row_group_bytes, side="left")) + 1
+            cut = max(1, min(cut, len(sizes), MAX_ROW_GROUP_ROWS))
+        group, rest = table.slice(0, cut), table.slice(cut)
+        self._write_group(group)
+        self._pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+        self._pending_sizes = [sizes[cut:]] if rest.num_rows else []
+        self._pending_bytes = int(sizes[cut:].sum())
+
+    def _open_shard(self) -> None:
+        seq = len(self._shards)
+        self._cur_path = f"data/part-{self._writer_id}-{seq:05d}.parquet"
+        self._file = self.storage.open_output(self._cur_path)
+        self._written_paths.append(self._cur_path)
+        assert self.schema is not None
+        tensor_cols = [c for c in self._arrow_schema.names if c not in self._scalar_cols]
+        compression: dict[str, str] = {c: self.scalar_compression for c in self._scalar_cols}
+        compression.update({c: (self.compression or "none") for c in tensor_cols})
+        self._pq = pq.ParquetWriter(
+            self._file,
+            self._arrow_schema,
+            compression=compression,
+            use_dictionary=self._scalar_cols or False,
+            write_statistics=self._stat_cols or False,
+            store_schema=True,
+        )
+        self._cur_groups = []
+
+    def _write_group(self, group: pa.Table) -> None:
+        if self._pq is None:
+            self._open_shard()
+        assert self._pq is not None
+        self._pq.write_table(group, row_group_size=group.num_rows)
+        self._cur_groups.append(RowGroupInfo(rows=group.num_rows, stats=_row_group_stats(group, self._stat_cols)))
+        if self._file.size >= self.shard_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._pq is None:
+            return
+        self._pq.close()
+        self._file.close()
+        assert self._cur_path is not None
+        rows = sum(g.rows for g in self._cur_groups)
+        self._shards.append(
+            ShardInfo(self._cur_path, rows, self._file.size, self._file.crc, tuple(self._cur_groups))
+        )
+        logger.debug("wrote shard %s: %d rows, %d bytes", self._cur_path, rows, self._file.size)
+        self._pq = None
+        self._file = None
+        self._cur_path = None
+
+    # -- commit / abort ----------------------------------------------------------------------------
+    def close(self) -> Manifest:
+        """Flush, close the last shard and commit a new version. Returns its manifest."""
+        if self._closed:
+            raise InvalidArgumentError("this DatasetWriter is already closed")
+        if self.schema is None:
+            self.abort()
+            raise SchemaError("nothing was written and no schema was given: cannot commit an empty dataset without a schema")
+        try:
+            self._flush_row_group(final=True)
+            self._close_shard()
+            manifest = self._commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self.manifest = manifest
+        return manifest
+
+    commit = close
+
+    def _commit(self) -> Manifest:
+        assert self.schema is not None
+        parent = self._parent
+        for _ in range(_COMMIT_RETRIES):
+            version = (parent.version if parent else 0) + 1
+            shards = [ShardInfo(s.path, s.rows, s.bytes, s.crc32c, s.row_groups, version) for s in self._shards]
+            base = list(parent.shards) if (parent is not None and self.mode == "append") else []
+            manifest = Manifest(
+                version=version,
+                parent_version=parent.version if parent else None,
+                schema=self.schema,
+                shards=tuple(base + shards),
+                created_at=now_iso(),
+                writer=f"tensorstore_fs {__version__}",
+            )
+            try:
+                commit_manifest(self.storage, manifest)
+                logger.info("%s: committed version %d (%d rows, %d new shards)", self.storage.url, version,
+                            manifest.rows, len(shards))
+                return manifest
+            except CommitConflictError:
+                if self.mode == "error":
+                    raise DatasetExistsError(f"{self.storage.url}: another writer created a dataset here first") from None
+                latest = latest_version(self.storage)
+                parent = load_manifest(self.storage, latest) if latest is not None else None
+                if self.mode == "append" and parent is not None and parent.schema != self.schema:
+                    raise SchemaError(_schema_diff(parent.schema, self.schema, self.storage.url)) from None
+        raise CommitConflictError(f"{self.storage.url}: gave up committing after {_COMMIT_RETRIES} conflicts")
+
+    def abort(self) -> None:
+        """Discard everything written by this writer; the dataset keeps its previous version."""
+        self._closed = True
+        try:
+            if self._pq is not None:
+                self._pq.close()
+            if self._file is not None:
+                self._file.close()
+        except Exception:  # noqa: BLE001 - best effort while already failing
+            logger.debug("error closing shard during abort", exc_info=True)
+        self._pq = None
+        self._file = None
+        for p in self._written_paths:
+            try:
+                self.storage.delete(p)
+            except Exception:  # noqa: BLE001 - orphan files are harmless: no manifest names them
+                logger.warning("%s: could not delete uncommitted shard %s", self.storage.url, p)
+        self._written_paths = []
+        self._pending = []
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._closed:
+            return
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+def _schema_diff(old: Schema, new: Schema, url: str) -> str:
+    diffs = []
+    for f in new.fields:
+        if f.name not in old:
+            diffs.append(f"new field {f.name!r}")
+        elif old[f.name] != f:
+            diffs.append(f"field {f.name!r}: dataset has {old[f.name]}, got {f}")
+    for f in old.fields:
+        if f.name not in new:
+            diffs.append(f"missing field {f.name!r}")
+    if not diffs and old.names != new.names:
+        diffs.append(f"field order differs: dataset {old.names}, got {new.names}")
+    if not diffs:
+        diffs.append("schema metadata differs")
+    return f"append to {url} needs the dataset's schema: " + "; ".join(diffs)
+
+
+def _is_single_batch(data: Any) -> bool:
+    if isinstance(data, (Mapping, list, tuple)):
+        return True
+    mod = type(data).__module__
+    return mod.startswith("pandas") or mod.startswith("pyarrow")
+
+
+def write_dataset(
+    url: str,
+    data: Any,
+    schema: Schema | None = None,
+    mode: str = "error",
+    storage_options: Mapping[str, Any] | None = None,
+    **writer_options: Any,
+):
+    """Write ``data`` as a dataset at ``url`` and return the opened :class:`~tensorstore_fs.Dataset`.
+
+    Parameters
+    ----------
+    url : str
+        Dataset root: a local path or any fsspec URL (``memory://``, ``s3://bucket/prefix``, ...).
+    data
+        One batch (dict of columns, list of row dicts, pandas DataFrame, pyarrow Table or
+        RecordBatch) or an iterable of such batches.
+    schema : Schema, optional
+        Inferred from the first batch when omitted.
+    mode : {"error", "overwrite", "append"}
+    storage_options : mapping, optional
+    **writer_options
+        ``row_group_bytes``, ``shard_bytes``, ``compression``, ``scalar_compression``.
+
+    Raises
+    ------
+    SchemaError
+        Data that violates the schema; nothing is committed.
+    DatasetExistsError
+        ``mode="error"`` and something exists at ``url``.
+    """
+    from .dataset import open_dataset
+
+    batches: Iterable[Any] = [data] if _is_single_batch(data) else data
+    writer = DatasetWriter(url, schema, mode=mode, storage_options=storage_options, **writer_options)
+    with writer:
+        for b in batches:
+            writer.write(b)
+    return open_dataset(url, version=writer.manifest.version, storage_options=storage_options)
+
