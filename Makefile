@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m tensorstore_fs.demo --out build/demo
+	$(PY) examples/demo.py --out build/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py

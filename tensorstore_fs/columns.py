@@ -147,6 +147,17 @@ def _as_columns(data: Any) -> tuple[dict[str, Any], dict[str, np.ndarray | None]
     )
 
 
+def _row_array(value: Any, name: str, row: int) -> np.ndarray:
+    """One row's value as an array; ragged nested lists become a SchemaError naming the row."""
+    try:
+        a = np.asarray(_from_framework_tensor(value))
+    except (ValueError, TypeError):
+        a = None
+    if a is None or a.dtype == object:
+        raise SchemaError(f"field {name!r}: values are ragged or non-numeric at row {row}")
+    return a
+
+
 def _length(value: Any) -> int:
     if isinstance(value, np.ndarray):
         if value.ndim == 0:
@@ -178,9 +189,11 @@ def _cast_numeric(arr: np.ndarray, f: Field, row0: int = 0, *, single_row: bool 
         return arr.astype(target)
     if target.kind in "iu":
         if src.kind == "f":
+            frac = arr != np.floor(arr)
+            at = where(frac) if frac.any() else f"row {row0}"
             raise SchemaError(
                 f"field {f.name!r}: expected {f.dtype} values, got {src}; floats are not cast to integers "
-                f"(at row {row0})"
+                f"(at {at})"
             )
         if np.can_cast(src, target, casting="safe"):
             return arr.astype(target)
@@ -266,12 +279,7 @@ def _normalize_dense(f: Field, raw: Any, valid: np.ndarray | None, n: int) -> Co
                 raise _null_row(f, i)
             mask[i] = False
             continue
-        a = np.asarray(_from_framework_tensor(v))
-        if a.dtype == object:
-            raise SchemaError(
-                f"field {f.name!r}: expected {f.dtype} values of shape {_fmt_shape(f.shape)}, "
-                f"got ragged or non-numeric data at row {i}"
-            )
+        a = _row_array(v, f.name, i)
         _check_fixed_dims(a.shape, f, i)
         out[i] = _cast_numeric(a, f, i, single_row=True)
     return Column(f, out, None if mask.all() else mask, n)
@@ -299,9 +307,7 @@ def _normalize_variable(f: Field, raw: Any, valid: np.ndarray | None, n: int) ->
                 mask[i] = False
                 out.append(None)
                 continue
-            a = np.asarray(_from_framework_tensor(v))
-            if a.dtype == object:
-                raise SchemaError(f"field {f.name!r}: expected {f.dtype} values, got ragged or non-numeric data at row {i}")
+            a = _row_array(v, f.name, i)
             _check_fixed_dims(a.shape, f, i)
             out.append(_cast_numeric(a, f, i, single_row=True))
     if valid is not None and not f.nullable and not mask.all():
@@ -374,9 +380,10 @@ def _infer_field(name: str, raw: Any, valid: np.ndarray | None) -> Field:
         return Field(name, "string", nullable=nullable)
     if all(isinstance(v, (bytes, bytearray, memoryview)) for v in present):
         return Field(name, "bytes", nullable=nullable)
-    arrays = [np.asarray(_from_framework_tensor(v)) for v in present]
-    if any(a.dtype == object for a in arrays):
-        raise SchemaError(f"cannot infer a schema for field {name!r}: values are ragged or of mixed types")
+    try:
+        arrays = [_row_array(v, name, i) for i, v in enumerate(present)]
+    except SchemaError:
+        raise SchemaError(f"cannot infer a schema for field {name!r}: values are ragged or of mixed types") from None
     dtype = np.result_type(*[a.dtype for a in arrays[:1000]])
     ranks = {a.ndim for a in arrays}
     if len(ranks) != 1:

@@ -201,16 +201,18 @@ class Scanner:
         return out
 
     # -- reading ---------------------------------------------------------------------------------
-    def _open(self, rel: str) -> pq.ParquetFile:
+    def _open(self, rel: str) -> tuple[pq.ParquetFile, Any]:
+        source = self.storage.open_input(rel)
         try:
-            pf = pq.ParquetFile(self.storage.open_input(rel))
+            pf = pq.ParquetFile(source)
         except (pa.ArrowInvalid, OSError) as e:
+            source.close()
             if isinstance(e, FileNotFoundError):
                 raise
             raise CorruptDatasetError(f"{self.storage.url}/{rel}: not a readable Parquet file: {e}") from None
         self.stats.files_opened += 1
         self.stats.opened_paths.append(rel)
-        return pf
+        return pf, source
 
     def _read(self, pf: pq.ParquetFile, ref: RowGroupRef, fields: list[str], rel: str) -> pa.Table:
         cols = storage_columns(self.schema, fields)
@@ -258,35 +260,44 @@ class Scanner:
 
     def _tables(self) -> Iterator[pa.Table]:
         """Matching rows of each row group, in order, as storage-layout tables."""
-        by_shard: dict[int, pq.ParquetFile] = {}
+        pf: pq.ParquetFile | None = None
+        source: Any = None
         current = -1
-        for ref in self.row_groups:
-            rel = self.manifest.shards[ref.shard].path
-            if ref.shard != current:
-                by_shard.clear()
-                by_shard[ref.shard] = self._open(rel)
-                current = ref.shard
-                self._check_file(by_shard[ref.shard], ref.shard, rel)
-            pf = by_shard[ref.shard]
-            self.stats.row_groups_read += 1
-            self.stats.rows_scanned += ref.rows
-            hits, first = self._matching(pf, ref, rel)
-            if hits is not None and len(hits) == 0:
-                continue
-            have = set(first.column_names) if first is not None else set()
-            missing = [c for c in self.columns if c not in have]
-            table = self._read(pf, ref, missing, rel) if missing else None
-            if first is not None:
-                for c in self.columns:
-                    if c in have:
-                        for sc in storage_columns(self.schema, [c]):
-                            table = first.select([sc]) if table is None else table.append_column(sc, first.column(sc))
-            assert table is not None
-            table = table.select(storage_columns(self.schema, self.columns))
-            if hits is not None and len(hits) < ref.rows:
-                table = table.take(pa.array(hits))
-            self.stats.rows_matched += table.num_rows
-            yield table
+        try:
+            for ref in self.row_groups:
+                rel = self.manifest.shards[ref.shard].path
+                if ref.shard != current:
+                    if source is not None:
+                        source.close()
+                    pf, source = self._open(rel)
+                    current = ref.shard
+                    self._check_file(pf, ref.shard, rel)
+                assert pf is not None
+                yield from self._row_group_table(pf, ref, rel)
+        finally:
+            if source is not None:
+                source.close()
+
+    def _row_group_table(self, pf: pq.ParquetFile, ref: RowGroupRef, rel: str) -> Iterator[pa.Table]:
+        self.stats.row_groups_read += 1
+        self.stats.rows_scanned += ref.rows
+        hits, first = self._matching(pf, ref, rel)
+        if hits is not None and len(hits) == 0:
+            return
+        have = set(first.column_names) if first is not None else set()
+        missing = [c for c in self.columns if c not in have]
+        table = self._read(pf, ref, missing, rel) if missing else None
+        if first is not None:
+            for c in self.columns:
+                if c in have:
+                    for sc in storage_columns(self.schema, [c]):
+                        table = first.select([sc]) if table is None else table.append_column(sc, first.column(sc))
+        assert table is not None
+        table = table.select(storage_columns(self.schema, self.columns))
+        if hits is not None and len(hits) < ref.rows:
+            table = table.take(pa.array(hits))
+        self.stats.rows_matched += table.num_rows
+        yield table
 
     def _check_file(self, pf: pq.ParquetFile, shard: int, rel: str) -> None:
         info = self.manifest.shards[shard]

@@ -42,6 +42,9 @@ def _row_group_stats(table: pa.Table, columns: list[str]) -> dict[str, dict[str,
         col = table.column(name)
         entry: dict[str, Any] = {"nulls": int(col.null_count)}
         if col.null_count < len(col):
+            if pa.types.is_float16(col.type):
+                out[name] = entry  # Arrow has no min_max / comparison kernels for float16
+                continue
             if pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py():
                 out[name] = entry  # NaN defeats min/max pruning: record no bounds
                 continue

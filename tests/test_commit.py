@@ -1,0 +1,208 @@
+"""Manifest commits: versions, appends, atomicity under exceptions and kills, corrupt manifests."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+
+import tensorstore_fs as tsfs
+from tensorstore_fs.manifest import LATEST, MANIFEST_FORMAT_VERSION, manifest_path
+
+SCHEMA = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("x", "float32", (16,))])
+
+
+def batch(start, n):
+    ids = np.arange(start, start + n)
+    return {"id": ids, "x": np.repeat(ids[:, None], 16, axis=1).astype(np.float32)}
+
+
+def all_ids(ds):
+    return np.concatenate([b["id"] for b in ds.to_batches()]) if len(ds) else np.zeros(0, np.int64)
+
+
+@pytest.mark.parametrize("scheme", ["path", "file", "memory"])
+def test_append_and_version_pinning(tmp_path, scheme):
+    url = {"path": str(tmp_path / "ds"), "file": f"file://{tmp_path}/ds", "memory": f"memory://{uuid.uuid4().hex}/ds"}[scheme]
+    v1 = tsfs.write_dataset(url, batch(0, 10), SCHEMA, shard_bytes=200)
+    v2 = tsfs.write_dataset(url, batch(10, 5), mode="append", shard_bytes=200)
+    assert (v1.version, v2.version, v2.parent_version) == (1, 2, 1)
+    assert np.array_equal(all_ids(tsfs.open_dataset(url)), np.arange(15))
+    assert np.array_equal(all_ids(tsfs.open_dataset(url, version=1)), np.arange(10))
+    assert tsfs.open_dataset(url).versions() == [1, 2]
+    assert {s.version_added for s in v2.shards} == {1, 2}
+    with pytest.raises(tsfs.DatasetNotFoundError, match="version 3 does not exist"):
+        tsfs.open_dataset(url, version=3)
+    with pytest.raises(tsfs.InvalidArgumentError, match="version must be a positive int, got 0"):
+        tsfs.open_dataset(url, version=0)
+
+
+def test_open_reads_only_the_manifest(monkeypatch):
+    url = f"memory://{uuid.uuid4().hex}/ds"
+    ds = tsfs.write_dataset(url, batch(0, 100), SCHEMA, row_group_bytes=500, shard_bytes=2000)
+    assert len(ds.shards) > 3
+    fs = fsspec.filesystem("memory")
+    for f in ds.files:  # no footer can be read if the shard files are gone
+        fs.rm(f)
+
+    def no_listing(*a, **k):
+        raise AssertionError("open_dataset must not list directories")
+
+    cls = type(fs)
+    for name in ("ls", "find", "glob", "walk"):
+        monkeypatch.setattr(cls, name, no_listing)
+    again = tsfs.open_dataset(url)
+    assert (len(again), again.version, again.schema) == (100, 1, SCHEMA)
+    assert [s.rows for s in again.shards] == [s.rows for s in ds.shards]
+
+
+def test_exception_inside_writer_commits_nothing_and_removes_shards(tmp_path):
+    url = str(tmp_path / "ds")
+    tsfs.write_dataset(url, batch(0, 10), SCHEMA)
+    before = sorted(p.name for p in (tmp_path / "ds" / "data").iterdir())
+    with pytest.raises(RuntimeError, match="boom"):
+        with tsfs.DatasetWriter(url, mode="append", row_group_bytes=100, shard_bytes=100) as w:
+            for i in range(5):
+                w.write(batch(100 + 10 * i, 10))
+            assert len(list((tmp_path / "ds" / "data").iterdir())) > len(before)
+            raise RuntimeError("boom")
+    ds = tsfs.open_dataset(url)
+    assert ds.version == 1 and np.array_equal(all_ids(ds), np.arange(10))
+    assert sorted(p.name for p in (tmp_path / "ds" / "data").iterdir()) == before
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    import tensorstore_fs as tsfs
+    url = sys.argv[1]
+    with tsfs.DatasetWriter(url, mode="append", row_group_bytes=1000, shard_bytes=3000) as w:
+        for i in range(50):
+            ids = np.arange(1000 + 20 * i, 1020 + 20 * i)
+            w.write({"id": ids, "x": np.zeros((20, 16), np.float32)})
+            if i == 30:
+                print("writing", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_kill_during_write_leaves_previous_version_intact(tmp_path):
+    url = str(tmp_path / "ds")
+    tsfs.write_dataset(url, batch(0, 50), SCHEMA)
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "writing" in proc.stdout
+    orphans = list((tmp_path / "ds" / "data").iterdir())
+    assert len(orphans) > 2  # the killed writer did write shard files...
+    ds = tsfs.open_dataset(url)  # ...but never committed them
+    assert ds.version == 1 and np.array_equal(all_ids(ds), np.arange(50))
+    ds.verify()
+    ds2 = tsfs.write_dataset(url, batch(50, 5), mode="append")
+    assert np.array_equal(all_ids(ds2), np.arange(55))
+
+
+def _append_worker(url, start):
+    tsfs.write_dataset(url, batch(start, 7), mode="append")
+
+
+def test_concurrent_appends_both_land(tmp_path):
+    url = str(tmp_path / "ds")
+    tsfs.write_dataset(url, batch(0, 7), SCHEMA)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_worker, args=(url, 100 * (i + 1))) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    ds = tsfs.open_dataset(url)
+    assert ds.version == 5
+    expected = np.concatenate([np.arange(7)] + [np.arange(100 * (i + 1), 100 * (i + 1) + 7) for i in range(4)])
+    assert sorted(all_ids(ds)) == sorted(expected)
+
+
+def test_stale_latest_hint_is_probed_past(tmp_path):
+    url = str(tmp_path / "ds")
+    tsfs.write_dataset(url, batch(0, 3), SCHEMA)
+    tsfs.write_dataset(url, batch(3, 3), mode="append")
+    (tmp_path / "ds" / LATEST).write_text("1")  # as if the writer died between commit and hint
+    assert tsfs.open_dataset(url).version == 2
+    (tmp_path / "ds" / LATEST).unlink()
+    assert tsfs.open_dataset(url).version == 2
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(tsfs.DatasetNotFoundError, match="is not a tensorstore_fs dataset"):
+        tsfs.open_dataset(str(tmp_path))
+    with pytest.raises(FileNotFoundError):  # also the builtin
+        tsfs.open_dataset(str(tmp_path / "missing"))
+
+
+def _manifest(tmp_path):
+    return tmp_path / "ds" / manifest_path(1)
+
+
+@pytest.mark.parametrize(
+    "damage, exc, match",
+    [
+        (lambda b: b[: len(b) // 2], tsfs.CorruptDatasetError, "not valid JSON"),
+        (lambda b: b.replace(b'"rows": 10', b'"rows": 11', 1), tsfs.CorruptDatasetError, "failed its checksum"),
+        (lambda b: b.replace(b'"format_version": %d' % MANIFEST_FORMAT_VERSION, b'"format_version": 99'),
+         tsfs.UnsupportedFormatError, "format_version 99; this library reads version 1"),
+        (lambda b: b"[]", tsfs.CorruptDatasetError, "is not a tensorstore_fs manifest"),
+        (lambda b: b"", tsfs.CorruptDatasetError, "not valid JSON"),
+    ],
+    ids=["truncated", "tampered", "future-version", "not-a-manifest", "empty"],
+)
+def test_damaged_manifest(tmp_path, damage, exc, match):
+    tsfs.write_dataset(str(tmp_path / "ds"), batch(0, 10), SCHEMA)
+    m = _manifest(tmp_path)
+    m.write_bytes(damage(m.read_bytes()))
+    with pytest.raises(exc, match=match):
+        tsfs.open_dataset(str(tmp_path / "ds"))
+
+
+def test_manifest_is_plain_json_with_the_documented_keys(tmp_path):
+    tsfs.write_dataset(str(tmp_path / "ds"), batch(0, 10), SCHEMA)
+    d = json.loads(_manifest(tmp_path).read_bytes())
+    assert {"format", "format_version", "version", "parent_version", "schema", "shards", "rows", "bytes",
+            "checksum", "created_at", "writer"} <= set(d)
+    shard = d["shards"][0]
+    assert {"path", "rows", "bytes", "crc32c", "row_groups", "version_added"} <= set(shard)
+    assert shard["row_groups"][0]["stats"]["id"] == {"min": 0, "max": 9, "nulls": 0}
+    assert "x" not in shard["row_groups"][0]["stats"]  # tensor columns carry no statistics
+
+
+def test_verify_detects_a_modified_shard(tmp_path):
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), batch(0, 10), SCHEMA)
+    ds.verify()
+    path = ds.files[0]
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    data[100] ^= 0xFF
+    with open(path, "wb") as fh:
+        fh.write(data)
+    with pytest.raises(tsfs.CorruptDatasetError, match=r"part-.*\.parquet: size \d+ crc32c [0-9a-f]{8}, manifest records"):
+        ds.verify()
+
+
+def test_missing_or_replaced_shard_is_a_clear_error(tmp_path):
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), batch(0, 10), SCHEMA)
+    os.remove(ds.files[0])
+    with pytest.raises(tsfs.DatasetNotFoundError, match=r"shard file data/part-.*\.parquet is missing"):
+        list(ds.to_batches())
+    with open(ds.files[0], "wb") as fh:
+        fh.write(b"not parquet at all")
+    with pytest.raises(tsfs.CorruptDatasetError, match="not a readable Parquet file"):
+        list(ds.to_batches())
