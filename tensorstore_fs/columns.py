@@ -83,7 +83,7 @@ def _pandas_column(series: Any) -> tuple[Any, np.ndarray | None]:
         values = series.to_numpy(dtype=object)
         values = np.array([None if (isinstance(v, float) and v != v) or v is pd.NA else v for v in values], dtype=object)
         return values, None
-    if na is not None and na.any() and str(series.dtype)[0].isupper():  # nullable extension dtypes
+    if na is not None and na.any() and pd.api.types.is_extension_array_dtype(series.dtype):  # nullable extension dtypes (Int64, boolean, ...)
         return series.to_numpy(dtype=object, na_value=None), None
     return series.to_numpy(), None
 

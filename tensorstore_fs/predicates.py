@@ -98,7 +98,10 @@ class in_set(Predicate):
     def to_expression(self) -> Any:
         import pyarrow.compute as pc
 
-        return pc.field(self.field).isin(list(self.values))
+        values = [v for v in self.values if v is not None]  # nulls never match
+        if not values:
+            return pc.scalar(False)  # an empty (null-typed) value set cannot be bound to a column
+        return pc.field(self.field).isin(values)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ class in_range(Predicate):
         col = columns[self.field]
         nulls = _null_mask(col)
         vals = _filled(col)
+        if nulls is not None and nulls.any() and isinstance(vals, np.ndarray) and vals.dtype == object:
+            # strings/bytes hold None for nulls, which do not compare with str: test present rows only
+            out = np.zeros(len(vals), dtype=bool)
+            out[~nulls] = self({self.field: vals[~nulls]})
+            return out
         mask = np.ones(len(vals), dtype=bool)
         if self.low is not None:
             mask &= np.asarray(vals >= self.low, dtype=bool)

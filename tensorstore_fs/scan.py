@@ -8,6 +8,7 @@ groups where some row matched.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -116,7 +117,10 @@ def prune_row_groups(manifest: Manifest, refs: Sequence[RowGroupRef], expression
     try:
         kept = [int(fr.path.rsplit("/", 1)[1]) for fr in virtual.get_fragments(filter=expression)]
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-        raise InvalidArgumentError(f"filter {expression} cannot be applied: {e}") from None
+        raise InvalidArgumentError(
+            f"filter {expression} cannot be applied: {e}. A filter may reference scalar columns only: "
+            f"{list(arrow_types)}"
+        ) from None
     return [refs[i] for i in sorted(kept)]
 
 
@@ -176,6 +180,7 @@ class Scanner:
         self.pad_variable = pad_variable
         self.drop_last = drop_last
         self.stats = ScanStats()
+        self._carry_need = 0
         self._arrow_schema = arrow_schema(schema)
         refs = list(row_groups) if row_groups is not None else all_row_groups(manifest)
         self.stats.row_groups_total = len(refs)
@@ -220,15 +225,11 @@ class Scanner:
             table = pf.read_row_group(ref.row_group, columns=cols, use_threads=True)
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptDatasetError(f"{self.storage.url}/{rel}: row group {ref.row_group} unreadable: {e}") from None
-        rg_meta = pf.metadata.row_group(ref.row_group)
         wanted = set(cols)
-        for i, af in enumerate(pf.schema_arrow):  # every storage column is a single Parquet leaf
-            if af.name in wanted:
-                self.stats.bytes_read += rg_meta.column(i).total_compressed_size
-        if table.num_rows != ref.rows:
-            raise CorruptDatasetError(
-                f"{self.storage.url}/{rel}: row group {ref.row_group} holds {table.num_rows} rows, manifest says {ref.rows}"
-            )
+        rg_meta = pf.metadata.row_group(ref.row_group)
+        self.stats.bytes_read += sum(
+            rg_meta.column(i).total_compressed_size for i, af in enumerate(pf.schema_arrow) if af.name in wanted
+        )
         return table
 
     def _matching(self, pf: pq.ParquetFile, ref: RowGroupRef, rel: str) -> tuple[np.ndarray | None, pa.Table | None]:
@@ -259,24 +260,46 @@ class Scanner:
         return np.flatnonzero(keep), t
 
     def _tables(self) -> Iterator[pa.Table]:
-        """Matching rows of each row group, in order, as storage-layout tables."""
-        pf: pq.ParquetFile | None = None
-        source: Any = None
-        current = -1
-        try:
-            for ref in self.row_groups:
-                rel = self.manifest.shards[ref.shard].path
-                if ref.shard != current:
-                    if source is not None:
-                        source.close()
-                    pf, source = self._open(rel)
-                    current = ref.shard
-                    self._check_file(pf, ref.shard, rel)
-                assert pf is not None
-                yield from self._row_group_table(pf, ref, rel)
-        finally:
-            if source is not None:
+        """Matching rows, in order, as storage-layout tables.
+
+        Without a filter or predicate, each shard's row groups are decoded by one
+        ``iter_batches`` call producing ``batch_size``-row batches that span row groups, so no
+        batch needs re-assembly. With one, row groups are read one by one (filter columns first).
+        """
+        for shard, refs in itertools.groupby(self.row_groups, key=lambda r: r.shard):
+            refs = list(refs)
+            rel = self.manifest.shards[shard].path
+            pf, source = self._open(rel)
+            try:
+                self._check_file(pf, shard, rel)
+                if self._filter_fields:
+                    for ref in refs:
+                        yield from self._row_group_table(pf, ref, rel)
+                else:
+                    yield from self._stream_row_groups(pf, refs, rel)
+            finally:
                 source.close()
+
+    def _stream_row_groups(self, pf: pq.ParquetFile, refs: list[RowGroupRef], rel: str) -> Iterator[pa.Table]:
+        cols = storage_columns(self.schema, self.columns)
+        self._account(pf, refs, cols)
+        bs = self.batch_size
+        first = self._carry_need if 0 < self._carry_need < bs else bs
+        try:
+            for rb in read_batches(pf, [r.row_group for r in refs], cols, [first], bs):
+                self.stats.rows_matched += rb.num_rows
+                yield pa.Table.from_batches([rb])
+        except (pa.ArrowInvalid, OSError) as e:
+            raise CorruptDatasetError(f"{self.storage.url}/{rel}: unreadable: {e}") from None
+
+    def _account(self, pf: pq.ParquetFile, refs: Sequence[RowGroupRef], cols: list[str]) -> None:
+        wanted = set(cols)
+        leaves = [i for i, af in enumerate(pf.schema_arrow) if af.name in wanted]  # one leaf per column
+        for ref in refs:
+            rg_meta = pf.metadata.row_group(ref.row_group)
+            self.stats.row_groups_read += 1
+            self.stats.rows_scanned += ref.rows
+            self.stats.bytes_read += sum(rg_meta.column(i).total_compressed_size for i in leaves)
 
     def _row_group_table(self, pf: pq.ParquetFile, ref: RowGroupRef, rel: str) -> Iterator[pa.Table]:
         self.stats.row_groups_read += 1
@@ -302,17 +325,23 @@ class Scanner:
     def _check_file(self, pf: pq.ParquetFile, shard: int, rel: str) -> None:
         info = self.manifest.shards[shard]
         md = pf.metadata
-        if md.num_rows != info.rows or md.num_row_groups != len(info.row_groups):
+        counts = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        if counts != [g.rows for g in info.row_groups]:
             raise CorruptDatasetError(
                 f"{self.storage.url}/{rel}: file has {md.num_rows} rows in {md.num_row_groups} row groups, "
                 f"manifest says {info.rows} rows in {len(info.row_groups)}"
             )
 
     def iter_tables(self) -> Iterator[pa.Table]:
-        """Storage-layout tables of exactly ``batch_size`` rows (the last may be shorter)."""
+        """Storage-layout tables of exactly ``batch_size`` rows (the last may be shorter).
+
+        Streaming reads are told how many rows complete the pending batch, so a batch is only
+        re-assembled (copied) where it spans two shard files or a filtered row group.
+        """
         bs = self.batch_size
         pending: list[pa.Table] = []
         have = 0
+        self._carry_need = 0
         for t in self._tables():
             start = 0
             n = t.num_rows
@@ -327,6 +356,7 @@ class Scanner:
             if start < n:
                 pending.append(t.slice(start))
                 have += n - start
+            self._carry_need = bs - have if have else 0
         if pending and not self.drop_last:
             yield pa.concat_tables(pending)
 
@@ -339,6 +369,36 @@ class Scanner:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for t in self.iter_tables():
             yield self.decode(t)
+
+
+def read_batches(
+    pf: pq.ParquetFile, row_groups: Sequence[int], columns: list[str], sizes: Sequence[int], then: int
+) -> Iterator[pa.RecordBatch]:
+    """Decode ``row_groups`` of ``pf`` as record batches of ``sizes[0]``, ``sizes[1]``, ... rows,
+    then ``then`` rows each, spanning row-group boundaries with no copy beyond Parquet decoding.
+
+    pyarrow's batch reader reads its batch size before every batch, so changing it between
+    batches yields batches of any requested sizes (checked below; if a pyarrow release stops
+    honouring it, the batches are re-cut instead, which costs a copy but stays correct).
+    """
+    plan = list(sizes)
+    first = plan.pop(0) if plan else then
+    reader = pf.iter_batches(batch_size=first, row_groups=list(row_groups), columns=columns, use_threads=True)
+    want = first
+    carry: pa.RecordBatch | None = None
+    for rb in reader:
+        want_next = plan.pop(0) if plan else then
+        pf.reader.set_batch_size(want_next)
+        if carry is not None:
+            rb = pa.Table.from_batches([carry, rb]).combine_chunks().to_batches()[0]
+            carry = None
+        if rb.num_rows > want:  # pyarrow ignored the size change: cut (copying) instead
+            carry = rb.slice(want)
+            rb = rb.slice(0, want)
+        yield rb
+        want = want_next
+    if carry is not None:
+        yield carry
 
 
 def _predicate_mask(predicate: Predicate, cols: dict[str, Any], n: int) -> np.ndarray:

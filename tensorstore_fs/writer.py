@@ -29,32 +29,48 @@ __all__ = ["DatasetWriter", "write_dataset", "MODES"]
 logger = logging.getLogger(__name__)
 
 MODES = ("error", "overwrite", "append")
-DEFAULT_ROW_GROUP_BYTES = 32 * 2**20
+DEFAULT_ROW_GROUP_BYTES = 8 * 2**20
 DEFAULT_SHARD_BYTES = 256 * 2**20
 MAX_ROW_GROUP_ROWS = 1 << 20  # pyarrow's own cap; never let it split our row groups behind our back
+SHARD_ROW_ALIGNMENT = 4096  # shards of one write hold a multiple of this many rows (when affordable)
 _COMMIT_RETRIES = 20
 
 
+def _numeric_bounds(col: pa.ChunkedArray) -> tuple[Any, Any] | None:
+    """min/max of a null-free numeric column with numpy (much cheaper than pyarrow.compute per
+    row group); None when a float column holds NaN or infinities (no usable bounds)."""
+    parts = [c.to_numpy(zero_copy_only=False) for c in col.chunks if len(c)]
+    lo = min(p.min() for p in parts)
+    hi = max(p.max() for p in parts)
+    if isinstance(lo, np.floating) and not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    return lo.item(), hi.item()
+
+
 def _row_group_stats(table: pa.Table, columns: list[str]) -> dict[str, dict[str, Any]]:
-    """min / max / null count of each filterable column, JSON-ready (None-free)."""
+    """min / max / null count of each filterable column, JSON-ready.
+
+    Bounds are omitted when unknown: all values null, NaN or infinities present.
+    """
     out: dict[str, dict[str, Any]] = {}
     for name in columns:
         col = table.column(name)
         entry: dict[str, Any] = {"nulls": int(col.null_count)}
-        if col.null_count < len(col):
-            if pa.types.is_float16(col.type):
-                out[name] = entry  # Arrow has no min_max / comparison kernels for float16
-                continue
-            if pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py():
-                out[name] = entry  # NaN defeats min/max pruning: record no bounds
+        out[name] = entry
+        if col.null_count == len(col):
+            continue
+        typ = col.type
+        if col.null_count == 0 and (pa.types.is_integer(typ) or pa.types.is_floating(typ)) and not pa.types.is_float16(typ):
+            bounds = _numeric_bounds(col)
+        else:
+            if pa.types.is_floating(typ) and pc.any(pc.is_nan(col)).as_py():
                 continue
             mm = pc.min_max(col)
-            lo, hi = mm["min"].as_py(), mm["max"].as_py()
-            if isinstance(lo, float) and not (np.isfinite(lo) and np.isfinite(hi)):
-                out[name] = entry
+            bounds = (mm["min"].as_py(), mm["max"].as_py())
+            if isinstance(bounds[0], float) and not (np.isfinite(bounds[0]) and np.isfinite(bounds[1])):
                 continue
-            entry["min"], entry["max"] = lo, hi
-        out[name] = entry
+        if bounds is not None:
+            entry["min"], entry["max"] = bounds
     return out
 
 
@@ -203,11 +219,40 @@ class DatasetWriter:
         else:
             cut = int(np.searchsorted(np.cumsum(sizes), self.row_group_bytes, side="left")) + 1
             cut = max(1, min(cut, len(sizes), MAX_ROW_GROUP_ROWS))
+            cut = self._align_cut(cut, sizes)
         group, rest = table.slice(0, cut), table.slice(cut)
-        self._write_group(group)
-        self._pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+        self._write_group(group, sizes[:cut])
+        self._pending = rest.to_batches() if rest.num_rows else []
         self._pending_sizes = [sizes[cut:]] if rest.num_rows else []
         self._pending_bytes = int(sizes[cut:].sum())
+
+    def _shard_rows(self) -> int:
+        return sum(g.rows for g in self._cur_groups) if self._pq is not None else 0
+
+    def _shard_size(self) -> int:
+        return self._file.size if self._pq is not None else 0
+
+    def _align_cut(self, cut: int, sizes: np.ndarray) -> int:
+        """Shorten the row group that fills a shard so the shard holds a multiple of
+        ``SHARD_ROW_ALIGNMENT`` rows: readers then stream batches of any power-of-two size up to
+        it across shard files without re-assembling a batch (see ``_shard_is_full``)."""
+        if self._shard_size() + int(sizes[:cut].sum()) < self.shard_bytes:
+            return cut
+        need = (-(self._shard_rows())) % SHARD_ROW_ALIGNMENT
+        if 0 < need <= cut and self._alignment_affordable(sizes):
+            return need
+        return cut
+
+    def _alignment_affordable(self, sizes: np.ndarray) -> bool:
+        """Alignment may grow a shard by up to SHARD_ROW_ALIGNMENT rows: allow it when that is
+        small next to the shard size."""
+        return float(sizes.mean()) * SHARD_ROW_ALIGNMENT <= self.shard_bytes / 4
+
+    def _shard_is_full(self, group_sizes: np.ndarray) -> bool:
+        if self._file.size < self.shard_bytes:
+            return False
+        aligned = self._shard_rows() % SHARD_ROW_ALIGNMENT == 0
+        return aligned or not self._alignment_affordable(group_sizes)
 
     def _open_shard(self) -> None:
         seq = len(self._shards)
@@ -219,7 +264,7 @@ class DatasetWriter:
         compression: dict[str, str] = {c: self.scalar_compression for c in self._scalar_cols}
         compression.update({c: (self.compression or "none") for c in tensor_cols})
         self._pq = pq.ParquetWriter(
-            self._file,
+            self._file.stream,
             self._arrow_schema,
             compression=compression,
             use_dictionary=self._scalar_cols or False,
@@ -228,26 +273,25 @@ class DatasetWriter:
         )
         self._cur_groups = []
 
-    def _write_group(self, group: pa.Table) -> None:
+    def _write_group(self, group: pa.Table, group_sizes: np.ndarray) -> None:
         if self._pq is None:
             self._open_shard()
         assert self._pq is not None
         self._pq.write_table(group, row_group_size=group.num_rows)
+        self._file.checkpoint()
         self._cur_groups.append(RowGroupInfo(rows=group.num_rows, stats=_row_group_stats(group, self._stat_cols)))
-        if self._file.size >= self.shard_bytes:
+        if self._shard_is_full(group_sizes):
             self._close_shard()
 
     def _close_shard(self) -> None:
         if self._pq is None:
             return
         self._pq.close()
-        self._file.close()
+        size, crc = self._file.finish()
         assert self._cur_path is not None
         rows = sum(g.rows for g in self._cur_groups)
-        self._shards.append(
-            ShardInfo(self._cur_path, rows, self._file.size, self._file.crc, tuple(self._cur_groups))
-        )
-        logger.debug("wrote shard %s: %d rows, %d bytes", self._cur_path, rows, self._file.size)
+        self._shards.append(ShardInfo(self._cur_path, rows, size, crc, tuple(self._cur_groups)))
+        logger.debug("wrote shard %s: %d rows, %d bytes", self._cur_path, rows, size)
         self._pq = None
         self._file = None
         self._cur_path = None
