@@ -37,13 +37,18 @@ _COMMIT_RETRIES = 20
 
 
 def _numeric_bounds(col: pa.ChunkedArray) -> tuple[Any, Any] | None:
-    """min/max of a null-free numeric column with numpy (much cheaper than pyarrow.compute per
-    row group); None when a float column holds NaN or infinities (no usable bounds)."""
-    parts = [c.to_numpy(zero_copy_only=False) for c in col.chunks if len(c)]
+    """min/max of a numeric column's non-null values with numpy (much cheaper than
+    pyarrow.compute per row group, and it covers float16); None when a float column holds NaN or
+    infinities (no usable bounds)."""
+    parts = [c.drop_null().to_numpy(zero_copy_only=False) if c.null_count else c.to_numpy(zero_copy_only=False)
+             for c in col.chunks]
+    parts = [p for p in parts if len(p)]
     lo = min(p.min() for p in parts)
     hi = max(p.max() for p in parts)
     if isinstance(lo, np.floating) and not (np.isfinite(lo) and np.isfinite(hi)):
         return None
+    if isinstance(lo, np.floating):
+        return float(lo), float(hi)
     return lo.item(), hi.item()
 
 
@@ -60,15 +65,11 @@ def _row_group_stats(table: pa.Table, columns: list[str]) -> dict[str, dict[str,
         if col.null_count == len(col):
             continue
         typ = col.type
-        if col.null_count == 0 and (pa.types.is_integer(typ) or pa.types.is_floating(typ)) and not pa.types.is_float16(typ):
+        if pa.types.is_integer(typ) or pa.types.is_floating(typ):
             bounds = _numeric_bounds(col)
-        else:
-            if pa.types.is_floating(typ) and pc.any(pc.is_nan(col)).as_py():
-                continue
+        else:  # bool, string
             mm = pc.min_max(col)
             bounds = (mm["min"].as_py(), mm["max"].as_py())
-            if isinstance(bounds[0], float) and not (np.isfinite(bounds[0]) and np.isfinite(bounds[1])):
-                continue
         if bounds is not None:
             entry["min"], entry["max"] = bounds
     return out

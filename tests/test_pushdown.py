@@ -314,15 +314,15 @@ LAMBDAS = [
 
 @st.composite
 def pred_leaf_st(draw):
-    kind = draw(st.sampled_from(["set", "range", "lambda", "split"]))
+    kind = draw(st.sampled_from(["set", "set", "range", "range", "lambda", "split"]))
     if kind == "set":
-        col = draw(st.sampled_from(SCALARS))
+        col = draw(st.sampled_from(SCALARS + ["ni", "s", "ni", "s"]))  # nullable columns more often
         values = draw(st.lists(LITERALS[col], max_size=4))
         if col in ("ni", "s") and draw(st.booleans()):
             values.append(None)
         return tsfs.in_set(values, col), (lambda d, c=col, v=tuple(values): ref_in_set(d, c, v))
     if kind == "range":
-        col = draw(st.sampled_from(SCALARS))
+        col = draw(st.sampled_from(SCALARS + ["ni", "s"]))
         low = draw(st.one_of(st.none(), LITERALS[col]))
         high = draw(LITERALS[col]) if low is None else draw(st.one_of(st.none(), LITERALS[col]))
         inc = draw(st.booleans())
