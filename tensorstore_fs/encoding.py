@@ -86,8 +86,9 @@ def storage_columns(schema: Schema, names: list[str] | None = None) -> list[str]
 
 
 def stat_columns(schema: Schema) -> list[str]:
-    """Columns that get Parquet statistics and manifest min/max: scalar numeric and string fields."""
-    return [f.name for f in schema.fields if f.is_scalar and f.dtype != "bytes"]
+    """Columns that get Parquet statistics and manifest min/max: scalar numeric, bool and string
+    fields, except float16 (Arrow's compute functions cannot compare half floats)."""
+    return [f.name for f in schema.fields if f.is_scalar and f.dtype not in ("bytes", "float16")]
 
 
 # --------------------------------------------------------------------------------------------

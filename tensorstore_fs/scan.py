@@ -117,15 +117,21 @@ def prune_row_groups(manifest: Manifest, refs: Sequence[RowGroupRef], expression
     try:
         kept = [int(fr.path.rsplit("/", 1)[1]) for fr in virtual.get_fragments(filter=expression)]
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-        raise InvalidArgumentError(
-            f"filter {expression} cannot be applied: {e}. A filter may reference scalar columns only: "
-            f"{list(arrow_types)}"
-        ) from None
+        raise InvalidArgumentError(f"filter {expression} cannot be applied: {e}. {_filter_hint(manifest.schema)}") from None
     return [refs[i] for i in sorted(kept)]
 
 
 def _pruning_types(schema: Schema, arrow_schema: pa.Schema) -> dict[str, pa.DataType]:
     return {f.name: arrow_schema.field(f.name).type for f in schema.fields if f.is_scalar}
+
+
+def _filter_hint(schema: Schema) -> str:
+    names = [f.name for f in schema.fields if f.is_scalar]
+    half = [f.name for f in schema.fields if f.is_scalar and f.dtype == "float16"]
+    hint = f"A filter may reference scalar columns only: {names}."
+    if half:
+        hint += f" float16 columns {half} cannot be compared by Arrow: use predicate=in_range(...) instead."
+    return hint
 
 
 class Scanner:
@@ -189,11 +195,16 @@ class Scanner:
 
     # -- planning --------------------------------------------------------------------------------
     def _prune(self, refs: list[RowGroupRef]) -> list[RowGroupRef]:
-        exprs = [e for e in (self.filter, self.predicate.to_expression() if self.predicate else None) if e is not None]
-        if not exprs:
-            return refs
-        expr = exprs[0] if len(exprs) == 1 else exprs[0] & exprs[1]
-        return prune_row_groups(self.manifest, refs, expr, _pruning_types(self.schema, self._arrow_schema))
+        types = _pruning_types(self.schema, self._arrow_schema)
+        if self.filter is not None:
+            refs = prune_row_groups(self.manifest, refs, self.filter, types)
+        expr = self.predicate.to_expression() if self.predicate is not None else None
+        if expr is not None:
+            try:
+                refs = prune_row_groups(self.manifest, refs, expr, types)
+            except InvalidArgumentError as e:  # the predicate itself is exact: just do not prune
+                logger.debug("predicate %r gives no usable pruning expression: %s", self.predicate, e)
+        return refs
 
     @property
     def _filter_fields(self) -> list[str]:
@@ -245,10 +256,8 @@ class Scanner:
             try:
                 hit = indexed.filter(self.filter).column(_IDX).to_numpy()
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-                scalars_names = [f.name for f in self.schema.fields if f.is_scalar]
                 raise InvalidArgumentError(
-                    f"filter {self.filter} cannot be evaluated: {e}. A filter may reference scalar "
-                    f"columns only: {scalars_names}"
+                    f"filter {self.filter} cannot be evaluated: {e}. {_filter_hint(self.schema)}"
                 ) from None
             keep[:] = False
             keep[hit] = True
