@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -118,7 +119,15 @@ def prune_row_groups(manifest: Manifest, refs: Sequence[RowGroupRef], expression
         kept = [int(fr.path.rsplit("/", 1)[1]) for fr in virtual.get_fragments(filter=expression)]
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
         raise InvalidArgumentError(f"filter {expression} cannot be applied: {e}. {_filter_hint(manifest.schema)}") from None
+    if _NAN_LITERAL.search(str(expression)):
+        # Arrow's guarantee simplification orders NaN above every number, so with finite bounds it
+        # turns `x < nan` into true and `~(x < nan)` into false, pruning row groups that match
+        # (every comparison with NaN is false). Keep everything; the exact filter still applies.
+        return list(refs)
     return [refs[i] for i in sorted(kept)]
+
+
+_NAN_LITERAL = re.compile(r"\bnan\b", re.IGNORECASE)
 
 
 def _pruning_types(schema: Schema, arrow_schema: pa.Schema) -> dict[str, pa.DataType]:

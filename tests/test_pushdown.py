@@ -592,3 +592,22 @@ def test_in_range_and_in_set_on_a_nullable_string_column(root):
     assert read(tsfs.in_set([None, "c"], "s")) == ["c"]
     assert read(tsfs.in_negate(tsfs.in_set([], "s"))) == s
     assert read(tsfs.in_reduce([tsfs.in_set([], "s"), tsfs.in_set(["a"], "s")], "any")) == ["a"]
+
+
+@pytest.mark.parametrize("filt", [~(pc.field("fl") < math.nan), ~(pc.field("fl") <= math.nan),
+                                  ~(pc.field("fl") > math.nan), (pc.field("fl") != math.nan),
+                                  ~((pc.field("fl") < math.nan) & (pc.field("id") >= 0)),
+                                  ~(pc.field("fl") < pa.scalar(math.nan, pa.float32()))],
+                         ids=["not-lt", "not-le", "not-gt", "ne", "not-and", "not-lt-f32"])
+def test_nan_literal_does_not_prune_matching_row_groups(root, filt):
+    """Regression: Arrow's guarantee simplification orders NaN above every number, so
+    ``~(fl < nan)`` (true for every row) pruned every row group with finite bounds."""
+    n = 60
+    fl = np.arange(n, dtype=np.float64) - 30.5
+    fl[45:] = np.nan  # some row groups hold NaN (no bounds), the rest have finite bounds
+    ds = tsfs.write_dataset(str(root / f"nan-{uuid.uuid4().hex}"), {"fl": fl, "id": np.arange(n)},
+                            tsfs.Schema([tsfs.Field("fl", "float64"), tsfs.Field("id", "int64")]), row_group_bytes=100)
+    assert any("min" in g.stats.get("fl", {}) for s in ds.shards for g in s.row_groups)
+    expected = plain_read(ds).filter(filt).column("id").to_pylist()
+    assert expected == list(range(n))
+    assert [int(x) for b in ds.to_batches(filter=filt) for x in b["id"]] == expected
