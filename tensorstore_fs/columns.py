@@ -64,8 +64,7 @@ def _arrow_to_python_column(arr: Any) -> tuple[Any, np.ndarray | None]:
         flat = values.to_numpy(zero_copy_only=False)
         return flat.reshape((len(arr), *t.shape)), valid
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        rows = arr.to_pylist()
-        return [None if r is None else np.asarray(r) for r in rows], valid
+        return _arrow_list_rows(arr, valid), valid
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return arr.to_numpy(zero_copy_only=False), valid
     if pa.types.is_fixed_size_binary(t):
@@ -73,6 +72,53 @@ def _arrow_to_python_column(arr: Any) -> tuple[Any, np.ndarray | None]:
     if valid is not None:
         arr = arr.fill_null(False if pa.types.is_boolean(t) else 0)
     return arr.to_numpy(zero_copy_only=False), valid
+
+
+def _arrow_list_rows(arr: Any, valid: np.ndarray | None) -> list[np.ndarray | None]:
+    """Rows of a (large/fixed-size) list array as numpy arrays of the list's value dtype."""
+    import pyarrow as pa
+
+    inner = arr.type.value_type
+    if pa.types.is_list(inner) or pa.types.is_large_list(inner) or pa.types.is_fixed_size_list(inner):
+        while pa.types.is_list(inner) or pa.types.is_large_list(inner) or pa.types.is_fixed_size_list(inner):
+            inner = inner.value_type
+        dtype = inner.to_pandas_dtype()
+        rows: list[np.ndarray | None] = []
+        for i, r in enumerate(arr.to_pylist()):
+            try:
+                rows.append(None if r is None else np.asarray(r, dtype=dtype))
+            except (ValueError, TypeError):
+                raise SchemaError(f"nested list column is ragged or holds nulls at row {i}") from None
+        return rows
+    if pa.types.is_fixed_size_list(arr.type):
+        size = arr.type.list_size
+        offsets = (np.arange(len(arr) + 1, dtype=np.int64) + arr.offset) * size
+        values = arr.values
+    else:
+        offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        values = arr.values
+    if values.null_count:
+        raise SchemaError("list columns with null elements inside rows are not supported (a row may be null)")
+    flat = values.to_numpy(zero_copy_only=False)
+    return [None if (valid is not None and not valid[i]) else flat[offsets[i]:offsets[i + 1]]
+            for i in range(len(arr))]
+
+
+def _masked_column(value: np.ma.MaskedArray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A numpy masked array -> (data, row validity). A row is null when all its elements are masked."""
+    mask = np.ma.getmaskarray(value)
+    if not mask.any():
+        return np.asarray(value.data), None
+    n = mask.shape[0]
+    flat = mask.reshape(n, -1)
+    row_null = flat.all(axis=1)
+    partial = flat.any(axis=1) & ~row_null
+    if partial.any():
+        raise SchemaError(
+            f"masked array masks only part of row {int(np.flatnonzero(partial)[0])}: a row is null as a "
+            "whole or not at all"
+        )
+    return np.asarray(value.data), ~row_null
 
 
 def _pandas_column(series: Any) -> tuple[Any, np.ndarray | None]:
@@ -112,7 +158,9 @@ def _as_columns(data: Any) -> tuple[dict[str, Any], dict[str, np.ndarray | None]
                 raise InvalidArgumentError(f"column names must be str, got {name!r}")
             value = _from_framework_tensor(value)
             vmod = type(value).__module__
-            if vmod.startswith("pyarrow"):
+            if isinstance(value, np.ma.MaskedArray):
+                value, valid[name] = _masked_column(value)
+            elif vmod.startswith("pyarrow"):
                 value, valid[name] = _arrow_to_python_column(value)
             elif vmod.startswith("pandas"):
                 value, valid[name] = _pandas_column(value)
@@ -315,6 +363,19 @@ def _normalize_variable(f: Field, raw: Any, valid: np.ndarray | None, n: int) ->
     return Column(f, out, None if mask.all() else mask, n)
 
 
+def _python_scalars(raw: Sequence[Any], f: Field) -> np.ndarray:
+    """A list of Python scalars -> array. Integer fields keep exact Python ints (beyond int64 too)."""
+    if not raw:
+        return np.zeros((0,), dtype=f.numpy_dtype)
+    if f.numpy_dtype.kind in "iu" and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in raw):
+        info = np.iinfo(f.numpy_dtype)
+        for i, v in enumerate(raw):
+            if not info.min <= int(v) <= info.max:
+                raise SchemaError(f"field {f.name!r}: value {int(v)} does not fit {f.dtype} [{info.min}, {info.max}] at row {i}")
+        return np.array([int(v) for v in raw], dtype=f.numpy_dtype)
+    return np.asarray(raw)
+
+
 def normalize_batch(data: Any, schema: Schema) -> tuple[dict[str, Column], int]:
     """Validate ``data`` against ``schema``; return ``({name: Column}, rows)``.
 
@@ -351,7 +412,7 @@ def normalize_batch(data: Any, schema: Schema) -> tuple[dict[str, Column], int]:
             out[f.name] = _normalize_variable(f, raw, valid, n)
         else:
             if isinstance(raw, (list, tuple)) and f.is_scalar and all(v is not None for v in raw):
-                raw = np.asarray(raw) if raw else np.zeros((0,), dtype=f.numpy_dtype)
+                raw = _python_scalars(raw, f)
                 if raw.dtype == object:
                     bad = next(i for i, v in enumerate(raw_cols[f.name]) if not isinstance(v, (int, float, bool, np.generic)))
                     raise SchemaError(f"field {f.name!r}: expected {f.dtype}, got {type(raw_cols[f.name][bad]).__name__} at row {bad}")

@@ -101,7 +101,15 @@ class in_set(Predicate):
         values = [v for v in self.values if v is not None]  # nulls never match
         if not values:
             return pc.scalar(False)  # an empty (null-typed) value set cannot be bound to a column
-        return pc.field(self.field).isin(values)
+        f = pc.field(self.field)
+        expr = f.isin(values)
+        # Arrow simplifies isin against min/max guarantees only for small value sets; an explicit
+        # range lets large sets of orderable values prune row groups too.
+        numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                      and v == v for v in values)
+        if numeric or all(isinstance(v, str) for v in values):
+            expr = expr & (f >= min(values)) & (f <= max(values))
+        return expr
 
 
 @dataclass(frozen=True)

@@ -67,23 +67,10 @@ def all_row_groups(manifest: Manifest) -> list[RowGroupRef]:
     return out
 
 
-def _guarantee(stats: dict[str, Any], rows: int, types: dict[str, pa.DataType]) -> Any:
-    """A pyarrow expression true for every row of a row group, from its manifest statistics."""
-    parts = []
-    for name, st in stats.items():
-        if name not in types:
-            continue
-        f = pc.field(name)
-        nulls = int(st.get("nulls", 0))
-        if nulls == rows:
-            parts.append(f.is_null())
-            continue
-        if "min" not in st:
-            continue
-        lo = pa.scalar(st["min"], type=types[name])
-        hi = pa.scalar(st["max"], type=types[name])
-        rng = (f >= lo) & (f <= hi)
-        parts.append(rng if nulls == 0 else (rng | f.is_null()))
+_MAX_SPLIT_COLUMNS = 3  # row groups with partial nulls in more columns than this keep no bounds for them
+
+
+def _conjunction(parts: list[Any]) -> Any:
     if not parts:
         return pc.scalar(True)
     out = parts[0]
@@ -92,31 +79,62 @@ def _guarantee(stats: dict[str, Any], rows: int, types: dict[str, pa.DataType]) 
     return out
 
 
+def _guarantees(stats: dict[str, Any], rows: int, types: dict[str, pa.DataType]) -> list[Any]:
+    """Expressions whose disjunction holds for every row of a row group (from manifest statistics).
+
+    A column with some nulls holds rows "in [min, max]" or "null". Arrow cannot simplify with an
+    ``or`` guarantee, so the row group is described by one guarantee per combination of those
+    alternatives (at most ``2 ** _MAX_SPLIT_COLUMNS``); it is pruned only if all are ruled out.
+    """
+    fixed: list[Any] = []
+    split: list[tuple[Any, Any]] = []
+    for name, st in stats.items():
+        if name not in types:
+            continue
+        f = pc.field(name)
+        nulls = int(st.get("nulls", 0))
+        if nulls == rows:
+            fixed.append(f.is_null())
+            continue
+        if "min" not in st:
+            continue
+        rng = (f >= pa.scalar(st["min"], type=types[name])) & (f <= pa.scalar(st["max"], type=types[name]))
+        if nulls == 0:
+            fixed.append(rng)
+        else:
+            split.append((rng, f.is_null()))
+    split = split[:_MAX_SPLIT_COLUMNS]
+    return [_conjunction(fixed + list(choice)) for choice in itertools.product(*split)]
+
+
 def prune_row_groups(manifest: Manifest, refs: Sequence[RowGroupRef], expression: Any, arrow_types: dict[str, pa.DataType]) -> list[RowGroupRef]:
     """Keep the row groups whose statistics do not rule ``expression`` out.
 
-    Uses pyarrow's own expression simplification (each row group becomes a fragment whose
-    partition expression is its min/max guarantee), so pruning follows Arrow's semantics exactly
-    and never opens a file.
+    Uses pyarrow's own expression simplification (each row group becomes one or more virtual
+    fragments whose partition expressions are its min/max guarantees), so pruning follows Arrow's
+    semantics exactly and never opens a file.
     """
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
     if not refs:
         return []
-    guarantees = [
-        _guarantee(manifest.shards[r.shard].row_groups[r.row_group].stats, r.rows, arrow_types) for r in refs
-    ]
+    owners: list[int] = []
+    guarantees: list[Any] = []
+    for i, r in enumerate(refs):
+        for g in _guarantees(manifest.shards[r.shard].row_groups[r.row_group].stats, r.rows, arrow_types):
+            owners.append(i)
+            guarantees.append(g)
     schema = pa.schema([(k, v) for k, v in arrow_types.items()])
     virtual = pads.FileSystemDataset.from_paths(
-        [f"rg/{i}" for i in range(len(refs))],
+        [f"rg/{i}" for i in range(len(guarantees))],
         schema=schema,
         format=pads.ParquetFileFormat(),
         filesystem=pafs.LocalFileSystem(),
         partitions=guarantees,
     )
     try:
-        kept = [int(fr.path.rsplit("/", 1)[1]) for fr in virtual.get_fragments(filter=expression)]
+        kept = {owners[int(fr.path.rsplit("/", 1)[1])] for fr in virtual.get_fragments(filter=expression)}
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
         raise InvalidArgumentError(f"filter {expression} cannot be applied: {e}. {_filter_hint(manifest.schema)}") from None
     if _NAN_LITERAL.search(str(expression)):
@@ -170,6 +188,8 @@ class Scanner:
             if isinstance(columns, str):
                 raise InvalidArgumentError(f"columns must be a list of field names, got the string {columns!r}")
             names = list(columns)
+            if not names:
+                raise InvalidArgumentError("columns must name at least one field (or be None for all)")
             for c in names:
                 if c not in schema:
                     raise InvalidArgumentError(f"unknown column {c!r}; dataset fields are {schema.names}")
@@ -197,10 +217,21 @@ class Scanner:
         self.stats = ScanStats()
         self._carry_need = 0
         self._arrow_schema = arrow_schema(schema)
+        if filter is not None:
+            self._validate_filter(filter)
         refs = list(row_groups) if row_groups is not None else all_row_groups(manifest)
         self.stats.row_groups_total = len(refs)
         self.row_groups = self._prune(refs)
         self.stats.row_groups_pruned = len(refs) - len(self.row_groups)
+
+    def _validate_filter(self, expr: Any) -> None:
+        """Bind the filter to the scalar columns now, so a bad filter fails even with no rows."""
+        scalars = [f.name for f in self.schema.fields if f.is_scalar]
+        empty = self._arrow_schema.empty_table().select(scalars)
+        try:
+            empty.filter(expr)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise InvalidArgumentError(f"filter {expr} cannot be evaluated: {e}. {_filter_hint(self.schema)}") from None
 
     # -- planning --------------------------------------------------------------------------------
     def _prune(self, refs: list[RowGroupRef]) -> list[RowGroupRef]:

@@ -546,11 +546,9 @@ def test_predicate_on_unknown_field_is_rejected(small_ds):
 
 
 # ------------------------------------------------------------------------------------------------
-# Pruning weaknesses (strict xfail: remove the mark when fixed)
+# Pruning regressions: nullable columns and large value sets
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="a row group with some nulls gets the guarantee `range | is_null`, "
-                   "which Arrow's simplification cannot use: nullable columns never prune")
 def test_nullable_column_with_some_nulls_prunes(root):
     n = 200
     vals = [None if i % 10 == 0 else i for i in range(n)]  # sorted, one null per 10 rows
@@ -562,8 +560,6 @@ def test_nullable_column_with_some_nulls_prunes(root):
     assert scanner.stats.row_groups_pruned > 0
 
 
-@pytest.mark.xfail(strict=True, reason="in_set.to_expression() is a bare isin(); Arrow does not simplify "
-                   "isin against a range guarantee for value sets of more than 50 values")
 def test_in_set_with_many_values_prunes(root):
     ids = np.arange(1000, dtype=np.int64)
     ds = tsfs.write_dataset(str(root / f"isin-{uuid.uuid4().hex}"), {"id": ids},
@@ -573,7 +569,7 @@ def test_in_set_with_many_values_prunes(root):
     assert small.stats.row_groups_pruned > 0  # 50 values: pruned
     big = ds.scanner(predicate=tsfs.in_set(list(range(60)), "id"))
     assert len([x for b in big for x in b["id"]]) == 60
-    assert big.stats.row_groups_pruned > 0  # 60 values: nothing is pruned
+    assert big.stats.row_groups_pruned > 0  # 60 values: pruned through the explicit range
 
 
 def test_in_range_and_in_set_on_a_nullable_string_column(root):

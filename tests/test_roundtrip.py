@@ -850,10 +850,9 @@ def test_decoding_honours_arrow_offsets():
 
 
 # ------------------------------------------------------------------------------------------------
-# Known library bugs (strict xfail: remove the mark when fixed)
+# Regressions: masked arrays, arrow lists, big Python ints, empty projections
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="columns._as_columns ignores the mask of a numpy MaskedArray column")
 def test_masked_array_input_keeps_its_nulls():
     schema = tsfs.Schema([tsfs.Field("x", "int32", nullable=True)])
     with dataset_url("memory") as url:
@@ -862,7 +861,6 @@ def test_masked_array_input_keeps_its_nulls():
     assert np.ma.getmaskarray(b["x"]).tolist() == [False, True, False, True]
 
 
-@pytest.mark.xfail(strict=True, reason="arrow list rows go through to_pylist + np.asarray: [] becomes float64")
 def test_arrow_list_column_with_empty_row():
     schema = tsfs.Schema([tsfs.Field("v", "int32", (None,))])
     with dataset_url("memory") as url:
@@ -871,7 +869,6 @@ def test_arrow_list_column_with_empty_row():
     assert [r.tolist() for r in b["v"]] == [[1, 2], []]
 
 
-@pytest.mark.xfail(strict=True, reason="Python ints above 2**63 in a list become float64 through np.asarray")
 def test_uint64_python_ints_above_int64():
     schema = tsfs.Schema([tsfs.Field("q", "uint64")])
     with dataset_url("memory") as url:
@@ -880,7 +877,6 @@ def test_uint64_python_ints_above_int64():
     assert b["q"].tolist() == [2**64 - 1, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="Scanner with columns=[] and a filter hits `assert table is not None` in scan.py")
 def test_empty_projection_is_rejected_or_yields_empty_batches():
     schema = tsfs.Schema([tsfs.Field("a", "int8")])
     with dataset_url("memory") as url:
