@@ -97,8 +97,12 @@ def _arrow_list_rows(arr: Any, valid: np.ndarray | None) -> list[np.ndarray | No
     else:
         offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
         values = arr.values
-    if values.null_count:
-        raise SchemaError("list columns with null elements inside rows are not supported (a row may be null)")
+    if values.null_count:  # allowed only under null rows (fixed-size lists keep placeholders there)
+        elem_ok = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        for i in range(len(arr)):
+            if (valid is None or valid[i]) and not elem_ok[offsets[i]:offsets[i + 1]].all():
+                raise SchemaError(f"list column holds a null element inside row {i}; only whole rows may be null")
+        values = values.fill_null(False if pa.types.is_boolean(values.type) else 0)
     flat = values.to_numpy(zero_copy_only=False)
     return [None if (valid is not None and not valid[i]) else flat[offsets[i]:offsets[i + 1]]
             for i in range(len(arr))]
