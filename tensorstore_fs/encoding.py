@@ -211,6 +211,25 @@ def _masked(values: np.ndarray, valid: np.ndarray | None, f: Field) -> np.ndarra
     return np.ma.MaskedArray(values, mask=mask)
 
 
+class _BufferView:
+    """Exposes part of an Arrow buffer through ``__array_interface__`` and keeps it alive.
+
+    ``np.frombuffer`` marks views of Arrow buffers read-only, which makes ``torch.from_numpy``
+    warn on every batch and stops in-place augmentation. Buffers that Arrow allocated for a
+    decoded batch are mutable and private to that batch, so their views are made writable;
+    buffers that are not mutable (memory-mapped files) stay read-only.
+    """
+
+    def __init__(self, buf: pa.Buffer, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self._buf = buf
+        self.__array_interface__ = {
+            "data": (buf.address + offset, not buf.is_mutable),
+            "shape": shape,
+            "typestr": dtype.str,
+            "version": 3,
+        }
+
+
 def fixed_values(arr: pa.Array, f: Field) -> np.ndarray:
     """Zero-copy ``(n, *shape)`` view of a ``fixed_size_binary`` column (honours ``arr.offset``)."""
     n = len(arr)
@@ -218,8 +237,10 @@ def fixed_values(arr: pa.Array, f: Field) -> np.ndarray:
     buf = arr.buffers()[1]
     if n == 0 or buf is None:
         return np.zeros((0, *f.shape), dtype=f.numpy_dtype)
-    flat = np.frombuffer(buf, dtype=np.uint8, count=n * nbytes, offset=arr.offset * nbytes)
-    return flat.view(f.numpy_dtype.newbyteorder("<")).reshape((n, *f.shape))
+    dtype = f.numpy_dtype.newbyteorder("<")
+    if (arr.offset + n) * nbytes > buf.size:
+        raise CorruptDatasetError(f"field {f.name!r}: buffer holds {buf.size} bytes, {n} rows need {(arr.offset + n) * nbytes}")
+    return np.asarray(_BufferView(buf, arr.offset * nbytes, (n, *f.shape), dtype))
 
 
 def variable_values(arr: pa.Array, shapes: pa.Array, f: Field) -> list[np.ndarray | None]:

@@ -350,6 +350,29 @@ class Scanner:
             self.stats.rows_scanned += ref.rows
             self.stats.bytes_read += sum(rg_meta.column(i).total_compressed_size for i in leaves)
 
+    def matches(self) -> Iterator[tuple[RowGroupRef, np.ndarray | None]]:
+        """``(row group, matching local rows or None for all)`` for every unpruned row group.
+
+        Reads only the filter's and predicate's columns (nothing when there is neither)."""
+        for shard, refs in itertools.groupby(self.row_groups, key=lambda r: r.shard):
+            refs = list(refs)
+            if not self._filter_fields:
+                for ref in refs:
+                    yield ref, None
+                continue
+            rel = self.manifest.shards[shard].path
+            pf, source = self._open(rel)
+            try:
+                self._check_file(pf, shard, rel)
+                for ref in refs:
+                    self.stats.row_groups_read += 1
+                    self.stats.rows_scanned += ref.rows
+                    hits, _ = self._matching(pf, ref, rel)
+                    self.stats.rows_matched += ref.rows if hits is None else len(hits)
+                    yield ref, hits
+            finally:
+                source.close()
+
     def _row_group_table(self, pf: pq.ParquetFile, ref: RowGroupRef, rel: str) -> Iterator[pa.Table]:
         self.stats.row_groups_read += 1
         self.stats.rows_scanned += ref.rows

@@ -1,0 +1,256 @@
+"""PyTorch adapter: an ``IterableDataset`` of ready-made batches, planned exactly-once per epoch.
+
+>>> from torch.utils.data import DataLoader
+>>> from tensorstore_fs.readers.torch import TorchDataset
+>>> ds = TorchDataset("/data/train", columns=["image", "label"], batch_size=256, shuffle=True)
+>>> loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+>>> for epoch in range(10):
+...     ds.set_epoch(epoch)          # needed only without persistent workers
+...     for batch in loader: ...     # dict of torch tensors
+
+Each rank reads its share of the epoch (equal counts under ``remainder="drop"`` or ``"pad"``),
+each DataLoader worker reads whole windows of that share, and the DataLoader's round-robin
+interleaving of worker batches is part of the plan, so the order a training loop sees is
+deterministic and a resume continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..dataset import Dataset, open_dataset
+from ..errors import InvalidArgumentError
+from ..plan import PlanSpec, Segment
+from ..predicates import Predicate
+from ..stream import DEFAULT_WINDOW_BYTES, STATE_FORMAT, PlannedStream, Selection
+from ..world import World
+
+__all__ = ["TorchDataset", "to_torch"]
+
+logger = logging.getLogger(__name__)
+
+VARIABLE_MODES = ("pad", "list", "nested")
+STATE_VERSION = 1
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    if not a.flags.writeable:  # memory-mapped, read-only data: torch wants writable memory
+        a = a.copy()
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def to_torch(batch: Mapping[str, Any], variable: str = "pad") -> dict[str, Any]:
+    """Convert a decoded numpy batch to torch: arrays -> tensors (zero-copy where writable),
+    masked arrays -> values plus ``<name>__valid``, strings/bytes -> lists, variable-shape lists
+    -> lists of tensors or a nested tensor."""
+    out: dict[str, Any] = {}
+    for name, v in batch.items():
+        if isinstance(v, np.ma.MaskedArray):
+            mask = np.ma.getmaskarray(v)
+            out[name] = _tensor(np.asarray(v.filled(0)))
+            out[name + "__valid"] = torch.from_numpy(~mask.reshape(mask.shape[0], -1).any(axis=1))
+        elif isinstance(v, np.ndarray) and v.dtype == object:
+            out[name] = v.tolist()
+        elif isinstance(v, np.ndarray):
+            out[name] = _tensor(v)
+        elif isinstance(v, list):  # variable-shape rows
+            rows = [None if r is None else _tensor(r) for r in v]
+            if variable == "nested" and all(r is not None for r in rows) and rows:
+                out[name] = torch.nested.nested_tensor(rows)
+            else:
+                out[name] = rows
+        else:
+            out[name] = v
+    return out
+
+
+class TorchDataset(IterableDataset):
+    """Batches of a tensorstore_fs dataset for ``DataLoader(ds, batch_size=None, ...)``.
+
+    Parameters
+    ----------
+    ds_or_url : Dataset or str
+        An opened dataset or a URL (opened at ``version``, newest by default).
+    columns, filter, predicate
+        As in :meth:`tensorstore_fs.Dataset.to_batches`. The filter/predicate is applied before
+        the rows are balanced across ranks.
+    batch_size : int
+        Rows per batch.
+    shuffle : bool
+        Permute row groups per epoch and rows within each worker's window (the shuffle buffer).
+    seed : int
+        Same seed, epoch and world give the same order on every run.
+    num_epochs : int or None
+        Epochs one iteration covers (``None``: forever).
+    remainder : {"drop", "pad", "uneven"}
+        What to do when rows do not divide evenly across ranks: drop the last few (equal counts),
+        pad by repeating rows and mark them in the boolean ``__pad__`` column, or give some ranks
+        one row more (every row exactly once).
+    drop_last : bool
+        Drop a rank's final short batch.
+    rank, world_size : int, optional
+        Override detection (``RANK``/``WORLD_SIZE``, then ``torch.distributed``).
+    variable : {"pad", "list", "nested"}
+        Variable-shape fields as a zero-padded tensor plus ``<name>__shape`` (default), a list of
+        tensors, or a nested tensor.
+    window_bytes : int
+        Bytes of one worker window (its shuffle buffer and its unit of work).
+    with_row_ids : bool
+        Add ``__row_id__``, each row's index in the dataset version (see
+        :func:`tensorstore_fs.audit.audit_epoch`).
+    """
+
+    def __init__(
+        self,
+        ds_or_url: Dataset | str,
+        columns: Sequence[str] | None = None,
+        filter: Any = None,
+        predicate: Predicate | None = None,
+        batch_size: int = 256,
+        shuffle: bool = False,
+        seed: int = 0,
+        num_epochs: int | None = 1,
+        remainder: str = "drop",
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        *,
+        variable: str = "pad",
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+        with_row_ids: bool = False,
+        version: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if variable not in VARIABLE_MODES:
+            raise InvalidArgumentError(f"variable must be one of {VARIABLE_MODES}, got {variable!r}")
+        if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
+            raise InvalidArgumentError(f"num_epochs must be a positive int or None, got {num_epochs!r}")
+        ds = ds_or_url if isinstance(ds_or_url, Dataset) else open_dataset(ds_or_url, version, storage_options)
+        world = World.detect(rank, world_size)
+        self.rank, self.world_size = world.rank, world.world_size
+        spec = PlanSpec(batch_size, shuffle=shuffle, seed=seed, remainder=remainder, drop_last=drop_last,
+                        window_rows=_window_rows(ds, batch_size, window_bytes))
+        self.stream = PlannedStream(ds, spec, columns, Selection.compute(ds, filter, predicate),
+                                    pad_variable=variable == "pad", with_row_ids=with_row_ids)
+        self.variable = variable
+        self.num_epochs = num_epochs
+        self._epoch = 0
+        self._history: tuple[Segment, ...] = ()
+        self._skip = 0  # worker-level restore (StatefulDataLoader)
+        self._yielded = 0
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.stream.ds
+
+    @property
+    def spec(self) -> PlanSpec:
+        return self.stream.spec
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning at the next iteration (call it on the object handed to
+        the DataLoader, before iterating, when workers are not persistent; persistent workers and
+        ``num_workers=0`` advance by themselves)."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise InvalidArgumentError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._epoch, self._history, self._skip, self._yielded = epoch, (), 0, 0
+
+    def __len__(self) -> int:
+        """Batches this rank yields per iteration (per epoch times ``num_epochs``)."""
+        if self.num_epochs is None:
+            raise TypeError("a TorchDataset with num_epochs=None has no length")
+        n = self.stream.plan(self._epoch, self.world_size, self._history).num_batches(self.rank)
+        full = self.stream.plan(self._epoch + 1, self.world_size).num_batches(self.rank)
+        return n + full * (self.num_epochs - 1)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epochs = range(self.num_epochs) if self.num_epochs is not None else iter(int, 1)
+        for _ in epochs:
+            plan = self.stream.plan(self._epoch, self.world_size, self._history)
+            skip, self._skip = self._skip, 0
+            self._yielded = skip
+            for batch in self.stream.iter_worker(plan, self.rank, worker, num_workers, skip):
+                self._yielded += 1
+                yield to_torch(batch, self.variable)
+            self._epoch, self._history, self._yielded = self._epoch + 1, (), 0
+
+    # -- resume -----------------------------------------------------------------------------------
+    def state_dict(self, consumed_batches: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
+        """A small, JSON-ready resume state.
+
+        Inside a DataLoader worker (torchdata's ``StatefulDataLoader`` calls it there) it records
+        that worker's progress. Elsewhere it records the rank's progress: the batches this process
+        yielded (``num_workers=0``), or pass ``consumed_batches`` — the batches the training loop
+        took from the DataLoader this epoch — and the DataLoader's ``num_workers``.
+        """
+        info = get_worker_info()
+        state: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "dataset_version": self.dataset.version,
+            "spec": self.spec.to_dict(),
+            "epoch": self._epoch,
+            "history": [[s.world_size, s.num_workers, s.consumed_batches] for s in self._history],
+            "world_size": self.world_size,
+        }
+        if info is not None:
+            state.update(worker=info.id, num_workers=info.num_workers, worker_batches=self._yielded)
+        else:
+            state.update(num_workers=max(1, num_workers or 1),
+                         consumed_batches=self._yielded if consumed_batches is None else int(consumed_batches))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s state.
+
+        A rank-level state may come from a different world size or worker count: the rest of the
+        epoch is re-planned over exactly the rows not consumed yet. A worker-level state (from
+        ``StatefulDataLoader``) continues that worker exactly; it needs the same world.
+        """
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise InvalidArgumentError("not a tensorstore_fs stream state")
+        if state.get("format_version") != STATE_VERSION:
+            raise InvalidArgumentError(f"stream state format_version {state.get('format_version')!r} is not supported")
+        if state["dataset_version"] != self.dataset.version:
+            raise InvalidArgumentError(
+                f"state was saved on dataset version {state['dataset_version']}, this reader has version "
+                f"{self.dataset.version}: open the dataset with version={state['dataset_version']}"
+            )
+        saved = PlanSpec(**state["spec"])
+        if saved != self.spec:
+            raise InvalidArgumentError(f"state was saved with {saved}, this reader uses {self.spec}")
+        history = tuple(Segment(*h) for h in state["history"])
+        self._epoch = int(state["epoch"])
+        if "worker" in state:
+            info = get_worker_info()
+            here = (info.id, info.num_workers) if info is not None else (0, 1)
+            if (state["worker"], state["num_workers"]) != here or state["world_size"] != self.world_size:
+                raise InvalidArgumentError(
+                    f"worker state of worker {state['worker']}/{state['num_workers']} (world {state['world_size']}) "
+                    f"cannot restore worker {here[0]}/{here[1]} (world {self.world_size}); use a rank-level state"
+                )
+            self._history, self._skip = history, int(state["worker_batches"])
+            return
+        seg = Segment(int(state["world_size"]), int(state["num_workers"]), int(state["consumed_batches"]))
+        self._history, self._skip = history + (seg,), 0
+
+
+def _window_rows(ds: Dataset, batch_size: int, window_bytes: int) -> int:
+    if not isinstance(window_bytes, int) or window_bytes < 1:
+        raise InvalidArgumentError(f"window_bytes must be a positive int, got {window_bytes!r}")
+    row_bytes = max(1, ds.nbytes // max(1, len(ds)))
+    batches = max(1, window_bytes // max(1, row_bytes * batch_size))
+    return int(batches * batch_size)
+
