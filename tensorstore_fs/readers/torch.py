@@ -248,9 +248,12 @@ class TorchDataset(IterableDataset):
 
 
 def _window_rows(ds: Dataset, batch_size: int, window_bytes: int) -> int:
+    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/64 of the dataset so
+    that small datasets still spread over workers; a multiple of the batch size. Depends only on
+    the dataset and the arguments (never on the world), so resumed runs agree on it."""
     if not isinstance(window_bytes, int) or window_bytes < 1:
         raise InvalidArgumentError(f"window_bytes must be a positive int, got {window_bytes!r}")
     row_bytes = max(1, ds.nbytes // max(1, len(ds)))
-    batches = max(1, window_bytes // max(1, row_bytes * batch_size))
-    return int(batches * batch_size)
-
+    by_bytes = max(1, window_bytes // max(1, row_bytes * batch_size))
+    by_share = max(1, len(ds) // (64 * batch_size))
+    return int(min(by_bytes, by_share) * batch_size)
