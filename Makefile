@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_loader.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
