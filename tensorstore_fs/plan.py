@@ -12,9 +12,10 @@ Vocabulary
   rows repeat rows from the start of the sequence and are flagged as padding), ``"uneven"``
   (``N // R`` or one more: every row exactly once, counts differ by at most one).
 * **window** — ``window_rows`` consecutive rows of a rank span (a multiple of the batch size). A
-  window is the unit of work of one DataLoader worker (window ``k`` goes to worker
-  ``k % num_workers``) and the shuffle buffer: with ``shuffle`` its rows are permuted by
-  ``(seed, epoch, segment, rank, k)``. Memory per worker is bounded by one window.
+  window is the unit of work of DataLoader workers (each worker gets a contiguous block of
+  windows, ``num_windows * w // num_workers`` up to ``num_windows * (w + 1) // num_workers``, so
+  it reads one stretch of storage) and the shuffle buffer: with ``shuffle`` its rows are
+  permuted by ``(seed, epoch, segment, rank, k)``. Memory per worker is bounded by one window.
 * **loader order** — PyTorch's DataLoader yields worker batches round-robin (batch ``j`` of every
   worker in worker order, then ``j + 1``), skipping exhausted workers; this order is what a
   training loop consumes, and what a resume counts.
@@ -230,7 +231,9 @@ class EpochPlan:
 
     # -- per worker -------------------------------------------------------------------------------
     def worker_windows(self, rank: int, worker: int, num_workers: int) -> list[int]:
-        return list(range(worker, self.num_windows(rank), num_workers))
+        """Windows of one worker: a contiguous block (block sizes differ by at most one window)."""
+        k = self.num_windows(rank)
+        return list(range(k * worker // num_workers, k * (worker + 1) // num_workers))
 
     def worker_num_batches(self, rank: int, worker: int, num_workers: int) -> int:
         bs = self.spec.batch_size

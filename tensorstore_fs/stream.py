@@ -173,24 +173,38 @@ class PlannedStream:
         files = _Files(self.ds)
         cache: dict[int, pa.Table] = {}
         try:
-            for window, group in itertools.groupby(plan.worker_batches(rank, worker, num_workers, skip),
-                                                   key=lambda t: t[0]):
-                batches = [(ids, pad) for _, ids, pad in group]
-                yield from self._window(files, cache, batches)
+            for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
+                sizes = [len(ids) for ids, _ in batches]
+                if contiguous:
+                    tables = self._contiguous(files, int(batches[0][0][0]), sizes)
+                else:
+                    tables = self._gathered(files, cache, np.concatenate([ids for ids, _ in batches]), sizes)
+                for (ids, pad), table in zip(batches, tables):
+                    yield self._decode(table, ids, pad)
         finally:
             files.close()
 
-    def _window(self, files: _Files, cache: dict[int, pa.Table],
-                batches: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[dict[str, Any]]:
-        all_ids = np.concatenate([ids for ids, _ in batches])
-        any_pad = any(pad.any() for _, pad in batches)
-        if (not any_pad and self.selection.everything and len(all_ids)
-                and np.array_equal(all_ids, np.arange(all_ids[0], all_ids[0] + len(all_ids)))):
-            tables = self._contiguous(files, int(all_ids[0]), [len(ids) for ids, _ in batches])
-        else:
-            tables = self._gathered(files, cache, all_ids, [len(ids) for ids, _ in batches])
-        for (ids, pad), table in zip(batches, tables):
-            yield self._decode(table, ids, pad)
+    def _runs(self, batches: Iterator[tuple[int, np.ndarray, np.ndarray]]
+              ) -> Iterator[tuple[bool, list[tuple[np.ndarray, np.ndarray]]]]:
+        """Group a worker's batches into reads: maximal runs of storage-contiguous batches (read
+        as one stream, across windows), else one window at a time (gathered)."""
+        plain = self.selection.everything
+        run: list[tuple[np.ndarray, np.ndarray]] = []
+        run_contiguous, run_window, last = False, -1, -2
+        for k, ids, pad in batches:
+            contiguous = (plain and len(ids) > 0 and not pad.any() and int(ids[-1]) - int(ids[0]) == len(ids) - 1
+                          and bool(np.all(np.diff(ids) == 1)))
+            if run and contiguous and run_contiguous and int(ids[0]) == last + 1:
+                run.append((ids, pad))
+            elif run and not contiguous and not run_contiguous and k == run_window:
+                run.append((ids, pad))
+            else:
+                if run:
+                    yield run_contiguous, run
+                run, run_contiguous, run_window = [(ids, pad)], contiguous, k
+            last = int(ids[-1]) if len(ids) else last
+        if run:
+            yield run_contiguous, run
 
     def _segments(self, first_id: int, total: int) -> list[tuple[int, list[int], int, int]]:
         """``(shard, row groups, rows to skip, rows to read)`` covering ids [first_id, first_id + total)."""
@@ -243,7 +257,7 @@ class PlannedStream:
 
     def _read_unit(self, files: _Files, cache: dict[int, pa.Table], u: int) -> pa.Table:
         if u not in cache:
-            if len(cache) >= 2:
+            if len(cache) >= 4:
                 cache.pop(next(iter(cache)))
             pf = files.get(int(self._unit_shard[u]))
             try:
@@ -253,23 +267,66 @@ class PlannedStream:
         return cache[u]
 
     def _gathered(self, files: _Files, cache: dict[int, pa.Table], ids: np.ndarray,
-                  sizes: list[int]) -> Iterator[pa.Table]:
-        """Rows by id in any order: read the row groups they live in, then gather (one copy)."""
+                  sizes: list[int]) -> Iterator[dict[str, Any]]:
+        """Rows by id in any order, decoded: read the row groups they live in, then gather.
+
+        Dense fields (scalars without nulls, fixed-shape tensors without nulls) are gathered with
+        numpy straight from each row group's zero-copy view into the batch array (one copy);
+        other fields go through Arrow ``take``."""
         units, local = self._locate(ids)
         needed = np.unique(units)
-        tables = [self._read_unit(files, cache, int(u)) for u in needed]
-        offsets = np.concatenate([[0], np.cumsum([t.num_rows for t in tables])]).astype(np.int64)
-        where = offsets[np.searchsorted(needed, units)] + local
-        combined = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        tables = {int(u): self._read_unit(files, cache, int(u)) for u in needed}
         pos = 0
         for n in sizes:
-            yield combined.take(pa.array(where[pos:pos + n]))
+            yield self._gather_batch(tables, units[pos:pos + n], local[pos:pos + n])
             pos += n
 
-    def _decode(self, table: pa.Table, ids: np.ndarray, pad: np.ndarray) -> dict[str, Any]:
+    def _gather_batch(self, tables: dict[int, pa.Table], units: np.ndarray, local: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        n = len(units)
+        present = np.unique(units)
+        slots = {int(u): np.flatnonzero(units == u) for u in present}
+        arrow_fields = []
         for name in self.columns:
-            out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
+            f = self.ds.schema.field(name)
+            chunks = {u: tables[u].column(name) for u in slots}
+            dense = (f.is_fixed_tensor or (f.is_scalar and f.dtype not in ("string", "bytes"))) and all(
+                c.null_count == 0 and c.num_chunks == 1 for c in chunks.values())
+            if not dense:
+                arrow_fields.append(name)
+                continue
+            values = np.empty((n, *f.shape), dtype=f.numpy_dtype)
+            for u, where in slots.items():
+                src = decode_column(tables[u].select([name]), f)[name]
+                values[where] = np.asarray(src)[local[where]]
+            out[name] = values
+        if arrow_fields:
+            cols = storage_columns(self.ds.schema, arrow_fields)
+            pieces = []
+            order = np.empty(n, dtype=np.int64)
+            start = 0
+            for u, where in slots.items():
+                pieces.append(tables[u].select(cols).take(pa.array(local[where])))
+                order[where] = np.arange(start, start + len(where))
+                start += len(where)
+            table = pa.concat_tables(pieces).take(pa.array(order))
+            for name in arrow_fields:
+                out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
+        return {name: out[name] for name in self._output_order(out)}
+
+    def _output_order(self, out: dict[str, Any]) -> list[str]:
+        order = []
+        for name in self.columns:
+            order += [k for k in (name, name + "__shape") if k in out]
+        return order
+
+    def _decode(self, table: pa.Table | dict[str, Any], ids: np.ndarray, pad: np.ndarray) -> dict[str, Any]:
+        if isinstance(table, dict):
+            out = table
+        else:
+            out = {}
+            for name in self.columns:
+                out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
         if self.spec.remainder == "pad":
             out[PAD_COLUMN] = pad
         if self.with_row_ids:

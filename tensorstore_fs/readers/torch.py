@@ -17,6 +17,7 @@ deterministic and a resume continues exactly where it stopped.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -61,7 +62,9 @@ def to_torch(batch: Mapping[str, Any], variable: str = "pad") -> dict[str, Any]:
         elif isinstance(v, list):  # variable-shape rows
             rows = [None if r is None else _tensor(r) for r in v]
             if variable == "nested" and all(r is not None for r in rows) and rows:
-                out[name] = torch.nested.nested_tensor(rows)
+                with warnings.catch_warnings():  # torch warns that strided nested tensors are a prototype
+                    warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors", category=UserWarning)
+                    out[name] = torch.nested.nested_tensor(rows)
             else:
                 out[name] = rows
         else:
@@ -144,6 +147,7 @@ class TorchDataset(IterableDataset):
         self._history: tuple[Segment, ...] = ()
         self._skip = 0  # worker-level restore (StatefulDataLoader)
         self._yielded = 0
+        self._done = False  # the epoch was read to its end; the next iteration starts the next one
 
     @property
     def dataset(self) -> Dataset:
@@ -155,7 +159,7 @@ class TorchDataset(IterableDataset):
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self._epoch + 1 if self._done else self._epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next iteration (call it on the object handed to
@@ -163,14 +167,15 @@ class TorchDataset(IterableDataset):
         ``num_workers=0`` advance by themselves)."""
         if not isinstance(epoch, int) or epoch < 0:
             raise InvalidArgumentError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._epoch, self._history, self._skip, self._yielded = epoch, (), 0, 0
+        self._epoch, self._history, self._skip, self._yielded, self._done = epoch, (), 0, 0, False
 
     def __len__(self) -> int:
         """Batches this rank yields per iteration (per epoch times ``num_epochs``)."""
         if self.num_epochs is None:
             raise TypeError("a TorchDataset with num_epochs=None has no length")
-        n = self.stream.plan(self._epoch, self.world_size, self._history).num_batches(self.rank)
-        full = self.stream.plan(self._epoch + 1, self.world_size).num_batches(self.rank)
+        history = () if self._done else self._history
+        n = self.stream.plan(self.epoch, self.world_size, history).num_batches(self.rank)
+        full = self.stream.plan(self.epoch + 1, self.world_size).num_batches(self.rank)
         return n + full * (self.num_epochs - 1)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -178,13 +183,18 @@ class TorchDataset(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epochs = range(self.num_epochs) if self.num_epochs is not None else iter(int, 1)
         for _ in epochs:
+            if self._done:
+                self._epoch, self._history, self._yielded, self._done = self._epoch + 1, (), 0, False
             plan = self.stream.plan(self._epoch, self.world_size, self._history)
             skip, self._skip = self._skip, 0
             self._yielded = skip
             for batch in self.stream.iter_worker(plan, self.rank, worker, num_workers, skip):
                 self._yielded += 1
                 yield to_torch(batch, self.variable)
-            self._epoch, self._history, self._yielded = self._epoch + 1, (), 0
+            # Advance lazily: a worker that finished its share while other workers still read this
+            # epoch must save "epoch e, all my batches" (not "epoch e + 1, nothing"), or a
+            # StatefulDataLoader restore would make it read the whole next epoch into this one.
+            self._done = True
 
     # -- resume -----------------------------------------------------------------------------------
     def state_dict(self, consumed_batches: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
@@ -196,20 +206,23 @@ class TorchDataset(IterableDataset):
         took from the DataLoader this epoch — and the DataLoader's ``num_workers``.
         """
         info = get_worker_info()
+        epoch, history, yielded = self._epoch, self._history, self._yielded
+        if self._done and info is None:  # this process finished the epoch: the next one starts fresh
+            epoch, history, yielded = epoch + 1, (), 0
         state: dict[str, Any] = {
             "format": STATE_FORMAT,
             "format_version": STATE_VERSION,
             "dataset_version": self.dataset.version,
             "spec": self.spec.to_dict(),
-            "epoch": self._epoch,
-            "history": [[s.world_size, s.num_workers, s.consumed_batches] for s in self._history],
+            "epoch": epoch,
+            "history": [[s.world_size, s.num_workers, s.consumed_batches] for s in history],
             "world_size": self.world_size,
         }
         if info is not None:
-            state.update(worker=info.id, num_workers=info.num_workers, worker_batches=self._yielded)
+            state.update(worker=info.id, num_workers=info.num_workers, worker_batches=yielded)
         else:
             state.update(num_workers=max(1, num_workers or 1),
-                         consumed_batches=self._yielded if consumed_batches is None else int(consumed_batches))
+                         consumed_batches=yielded if consumed_batches is None else int(consumed_batches))
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -223,37 +236,53 @@ class TorchDataset(IterableDataset):
             raise InvalidArgumentError("not a tensorstore_fs stream state")
         if state.get("format_version") != STATE_VERSION:
             raise InvalidArgumentError(f"stream state format_version {state.get('format_version')!r} is not supported")
-        if state["dataset_version"] != self.dataset.version:
-            raise InvalidArgumentError(
-                f"state was saved on dataset version {state['dataset_version']}, this reader has version "
-                f"{self.dataset.version}: open the dataset with version={state['dataset_version']}"
-            )
-        saved = PlanSpec(**state["spec"])
-        if saved != self.spec:
-            raise InvalidArgumentError(f"state was saved with {saved}, this reader uses {self.spec}")
-        history = tuple(Segment(*h) for h in state["history"])
-        self._epoch = int(state["epoch"])
+        try:  # parse everything before changing anything: a malformed state leaves the reader as it was
+            if state["dataset_version"] != self.dataset.version:
+                raise InvalidArgumentError(
+                    f"state was saved on dataset version {state['dataset_version']}, this reader has version "
+                    f"{self.dataset.version}: open the dataset with version={state['dataset_version']}"
+                )
+            saved = PlanSpec(**state["spec"])
+            if saved != self.spec:
+                raise InvalidArgumentError(f"state was saved with {saved}, this reader uses {self.spec}")
+            history = tuple(Segment(*h) for h in state["history"])
+            epoch = _state_int(state, "epoch", 0)
+            world_size, num_workers = _state_int(state, "world_size", 1), _state_int(state, "num_workers", 1)
+            if "worker" in state:
+                worker, batches = _state_int(state, "worker", 0), _state_int(state, "worker_batches", 0)
+            else:
+                history += (Segment(world_size, num_workers, _state_int(state, "consumed_batches", 0)),)
+        except InvalidArgumentError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"malformed tensorstore_fs stream state ({type(e).__name__}: {e})") from None
         if "worker" in state:
             info = get_worker_info()
             here = (info.id, info.num_workers) if info is not None else (0, 1)
-            if (state["worker"], state["num_workers"]) != here or state["world_size"] != self.world_size:
+            if (worker, num_workers) != here or world_size != self.world_size:
                 raise InvalidArgumentError(
-                    f"worker state of worker {state['worker']}/{state['num_workers']} (world {state['world_size']}) "
+                    f"worker state of worker {worker}/{num_workers} (world {world_size}) "
                     f"cannot restore worker {here[0]}/{here[1]} (world {self.world_size}); use a rank-level state"
                 )
-            self._history, self._skip = history, int(state["worker_batches"])
+            self._epoch, self._history, self._skip, self._yielded, self._done = epoch, history, batches, 0, False
             return
-        seg = Segment(int(state["world_size"]), int(state["num_workers"]), int(state["consumed_batches"]))
-        self._history, self._skip = history + (seg,), 0
+        self._epoch, self._history, self._skip, self._yielded, self._done = epoch, history, 0, 0, False
+
+
+def _state_int(state: Mapping[str, Any], key: str, minimum: int) -> int:
+    v = state[key]
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
+        raise InvalidArgumentError(f"stream state {key!r} must be an int >= {minimum}, got {v!r}")
+    return int(v)
 
 
 def _window_rows(ds: Dataset, batch_size: int, window_bytes: int) -> int:
-    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/64 of the dataset so
+    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/16 of the dataset so
     that small datasets still spread over workers; a multiple of the batch size. Depends only on
     the dataset and the arguments (never on the world), so resumed runs agree on it."""
     if not isinstance(window_bytes, int) or window_bytes < 1:
         raise InvalidArgumentError(f"window_bytes must be a positive int, got {window_bytes!r}")
     row_bytes = max(1, ds.nbytes // max(1, len(ds)))
     by_bytes = max(1, window_bytes // max(1, row_bytes * batch_size))
-    by_share = max(1, len(ds) // (64 * batch_size))
+    by_share = max(1, len(ds) // (16 * batch_size))
     return int(min(by_bytes, by_share) * batch_size)
