@@ -1,9 +1,11 @@
-"""tensorstore_fs in five minutes: write scikit-learn's digits, read them back three ways.
+"""tensorstore_fs in five minutes: write scikit-learn's digits, read them back, train on them.
 
     python examples/demo.py --out build/demo
 
 Writes the 1,797 8x8 handwritten digits that ship inside scikit-learn (no download) as a sharded
-dataset, then reads columns, filters with row-group pruning and a reproducible train/test split.
+dataset, then reads columns, filters with row-group pruning and a reproducible train/test split,
+and finally trains a small PyTorch MLP on that split through
+``DataLoader(TorchDataset(...), batch_size=None, num_workers=2, persistent_workers=True)``.
 Exits 1 if any check fails.
 """
 
@@ -16,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+import torch
 from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader
 
 import tensorstore_fs as tsfs
+from tensorstore_fs.audit import audit_epoch
+from tensorstore_fs.readers.torch import TorchDataset
 from tensorstore_fs.scan import ScanStats
 
 SCHEMA = tsfs.Schema([
@@ -65,6 +71,98 @@ def pruning(stats: ScanStats) -> str:
     """One line summarising what a scan touched."""
     return (f"{stats.rows_matched} rows; row groups read {stats.row_groups_read}/{stats.row_groups_total} "
             f"(pruned {stats.row_groups_pruned}), files {stats.files_opened}, {stats.bytes_read:,} bytes read")
+
+
+TRAIN_SEED = 0  # torch.manual_seed and the TorchDataset shuffle seed
+EPOCHS = 8
+TRAIN_BATCH = 64
+TEST_BATCH = 256
+MIN_ACCURACY = 0.9
+
+
+def make_model() -> torch.nn.Module:
+    """A small MLP over the 64 pixels (about 5k parameters)."""
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 10),
+    )
+
+
+def inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A TorchDataset batch -> (images scaled to [0, 1] as float32, int64 labels)."""
+    return batch["image"].float() / 16.0, batch["label"].long()
+
+
+def train_and_evaluate(ds: tsfs.Dataset, train_ids: np.ndarray, test_ids: np.ndarray, check) -> None:
+    """Train make_model() on the 80/20 split for EPOCHS epochs; check every epoch reads each row once.
+
+    Both loaders keep their 2 worker processes for all epochs (``persistent_workers=True``): each
+    worker's copy of the TorchDataset advances its own epoch, so no ``set_epoch`` call is needed.
+    The ``__row_id__`` column (``with_row_ids=True``) is each row's index in the dataset, which
+    equals its ``id`` here, so it can be audited against the split of section (c).
+    """
+    torch.manual_seed(TRAIN_SEED)
+    columns = ["image", "label"]
+    train_ds = TorchDataset(ds, columns=columns, predicate=tsfs.in_pseudorandom_split([0.8, 0.2], 0, "id"),
+                            batch_size=TRAIN_BATCH, shuffle=True, seed=TRAIN_SEED, with_row_ids=True)
+    test_ds = TorchDataset(ds, columns=columns, predicate=tsfs.in_pseudorandom_split([0.8, 0.2], 1, "id"),
+                           batch_size=TEST_BATCH, remainder="uneven", with_row_ids=True)
+    print(f"  loaders: train {len(train_ids)} rows, {len(train_ds)} batches/epoch of {TRAIN_BATCH}, shuffled (seed "
+          f"{TRAIN_SEED}); test {len(test_ids)} rows, {len(test_ds)} batches of {TEST_BATCH}, remainder='uneven'")
+    # Created inside main() only, never at import: workers started with "spawn" or "forkserver"
+    # re-import this module, and the datasets and predicates they receive are plain picklable objects.
+    train_loader = DataLoader(train_ds, batch_size=None, num_workers=2, persistent_workers=True)
+    test_loader = DataLoader(test_ds, batch_size=None, num_workers=2, persistent_workers=True)
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)  # settle by the last epoch
+    loss_fn = torch.nn.CrossEntropyLoss()
+    train_audits, test_audits, orders, accuracy = [], [], [], 0.0
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(EPOCHS):
+            model.train()
+            loss_sum, seen = 0.0, []
+            for batch in train_loader:
+                x, y = inputs(batch)
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(y)
+                seen.append(batch["__row_id__"].numpy())
+            schedule.step()
+            order = np.concatenate(seen) if seen else np.zeros(0, np.int64)
+            orders.append(order)
+            train_audits.append(audit_epoch([order], train_ids))
+
+            model.eval()
+            correct, evaluated = 0, []
+            with torch.no_grad():
+                for batch in test_loader:
+                    x, y = inputs(batch)
+                    correct += int((model(x).argmax(dim=1) == y).sum())
+                    evaluated.append(batch["__row_id__"].numpy())
+            evaluated_ids = np.concatenate(evaluated) if evaluated else np.zeros(0, np.int64)
+            test_audits.append(audit_epoch([evaluated_ids], test_ids))
+            accuracy = correct / max(1, len(evaluated_ids))
+            print(f"  epoch {epoch + 1}/{EPOCHS}: train loss {loss_sum / max(1, len(order)):.4f}, "
+                  f"train rows {len(order)}, test accuracy {accuracy:.4f}, test rows {len(evaluated_ids)}")
+    finally:
+        del train_loader, test_loader  # shut the persistent workers down here, not at interpreter exit
+    seconds = time.perf_counter() - t0
+    print(f"  {EPOCHS} epochs in {seconds:.1f} s")
+    bad = [(e + 1, str(a)) for e, a in enumerate(train_audits) if not a.exactly_once]
+    check(not bad, f"every epoch read each of the {len(train_ids)} train rows exactly once"
+          + (f": {bad}" if bad else ""))
+    bad = [(e + 1, str(a)) for e, a in enumerate(test_audits) if not a.exactly_once]
+    check(not bad, f"every epoch evaluated each of the {len(test_ids)} test rows exactly once"
+          + (f": {bad}" if bad else ""))
+    reshuffled = len(orders) < 2 or all(not np.array_equal(a, b) for a, b in zip(orders, orders[1:]))
+    check(reshuffled, "each epoch's train order differs from the previous one")
+    check(accuracy > MIN_ACCURACY, f"final test accuracy {accuracy:.4f} > {MIN_ACCURACY}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     sevens = tsfs.in_reduce([tsfs.in_pseudorandom_split([0.8, 0.2], 1, "id"), tsfs.in_set([7], "label")], "all")
     got, _, _ = scan(ds, columns=["id", "label"], predicate=sevens)
     check(np.array_equal(got["id"], test[data["label"][test] == 7]), f"in_reduce: {len(got['id'])} sevens in test")
+
+    print(f"(d) train an MLP on the split, {EPOCHS} epochs, DataLoader(TorchDataset(...), num_workers=2, "
+          "persistent_workers=True)")
+    train_and_evaluate(ds, train, test, check)
 
     print("all checks passed" if not failures else f"{len(failures)} check(s) FAILED")
     return 1 if failures else 0

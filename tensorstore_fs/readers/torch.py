@@ -137,9 +137,10 @@ class TorchDataset(IterableDataset):
         ds = ds_or_url if isinstance(ds_or_url, Dataset) else open_dataset(ds_or_url, version, storage_options)
         world = World.detect(rank, world_size)
         self.rank, self.world_size = world.rank, world.world_size
+        selection = Selection.compute(ds, filter, predicate)
         spec = PlanSpec(batch_size, shuffle=shuffle, seed=seed, remainder=remainder, drop_last=drop_last,
-                        window_rows=_window_rows(ds, batch_size, window_bytes))
-        self.stream = PlannedStream(ds, spec, columns, Selection.compute(ds, filter, predicate),
+                        window_rows=_window_rows(ds, int(selection.counts.sum()), batch_size, window_bytes))
+        self.stream = PlannedStream(ds, spec, columns, selection,
                                     pad_variable=variable == "pad", with_row_ids=with_row_ids)
         self.variable = variable
         self.num_epochs = num_epochs
@@ -276,13 +277,13 @@ def _state_int(state: Mapping[str, Any], key: str, minimum: int) -> int:
     return int(v)
 
 
-def _window_rows(ds: Dataset, batch_size: int, window_bytes: int) -> int:
-    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/16 of the dataset so
-    that small datasets still spread over workers; a multiple of the batch size. Depends only on
-    the dataset and the arguments (never on the world), so resumed runs agree on it."""
+def _window_rows(ds: Dataset, eligible_rows: int, batch_size: int, window_bytes: int) -> int:
+    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/16 of the eligible
+    rows so that small datasets still spread over workers; a multiple of the batch size. Depends
+    only on the dataset, the filter and the arguments (never on the world), so resumed runs agree."""
     if not isinstance(window_bytes, int) or window_bytes < 1:
         raise InvalidArgumentError(f"window_bytes must be a positive int, got {window_bytes!r}")
     row_bytes = max(1, ds.nbytes // max(1, len(ds)))
     by_bytes = max(1, window_bytes // max(1, row_bytes * batch_size))
-    by_share = max(1, len(ds) // (16 * batch_size))
+    by_share = max(1, eligible_rows // (16 * batch_size))
     return int(min(by_bytes, by_share) * batch_size)
