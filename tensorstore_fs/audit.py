@@ -57,7 +57,7 @@ def audit_epoch(row_ids_per_rank: Sequence[np.ndarray], expected: int | np.ndarr
         ``.exactly_once`` and ``.balanced`` answer the two questions; ``.duplicates``,
         ``.missing`` and ``.unexpected`` hold the offending row ids.
     """
-    exp = np.arange(expected, dtype=np.int64) if np.isscalar(expected) else np.asarray(expected, dtype=np.int64)
+    exp = np.arange(int(expected), dtype=np.int64) if np.ndim(expected) == 0 else np.asarray(expected, dtype=np.int64)
     per_rank = tuple(int(len(r)) for r in row_ids_per_rank)
     real, padded = [], 0
     for i, ids in enumerate(row_ids_per_rank):

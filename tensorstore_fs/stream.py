@@ -147,6 +147,29 @@ class PlannedStream:
     def plan(self, epoch: int, world_size: int, history: Sequence[Segment] = ()) -> EpochPlan:
         return EpochPlan(self.selection.counts, self.spec, epoch, world_size, history)
 
+    def resume_plan(self, epoch: int, world_size: int, history: Sequence[Segment], rank: int, worker: int,
+                    num_workers: int) -> tuple[EpochPlan, int, int, tuple[Segment, ...]]:
+        """``(plan, plan worker, batches to skip, history)``: what DataLoader worker ``worker``
+        reads to continue an epoch.
+
+        If the last interruption happened with the same world size and worker count, the plan it
+        interrupted continues exactly — same rows, same order as an uninterrupted run. The
+        DataLoader restarts its round-robin at worker 0, so worker ``i`` takes over the stream of
+        plan worker ``(next + i) % num_workers``, where ``next`` is the worker whose batch was due,
+        and skips what that stream already delivered; the last segment is folded back into the
+        progress count. Otherwise the rest of the epoch is re-planned over the rows not consumed.
+        """
+        history = tuple(history)
+        if history and history[-1].world_size == world_size and history[-1].num_workers == num_workers:
+            base_history = history[:-1]
+            base = self.plan(epoch, world_size, base_history)
+            order = base.loader_batches(rank, num_workers)
+            k = min(history[-1].consumed_batches, len(order))
+            nxt = order[k][0] if k < len(order) else 0
+            source = (nxt + worker) % num_workers
+            return base, source, sum(1 for w, _ in order[:k] if w == source), base_history
+        return self.plan(epoch, world_size, history), worker, 0, history
+
     # -- id -> storage ----------------------------------------------------------------------------
     def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row ids -> (unit, local row inside the row group)."""

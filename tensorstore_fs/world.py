@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from dataclasses import dataclass
@@ -12,9 +13,9 @@ __all__ = ["World"]
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < minimum:
         raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,8 @@ class World:
     num_workers: int = 1
 
     def __post_init__(self) -> None:
-        _check_int("world_size", self.world_size, 1)
-        _check_int("num_workers", self.num_workers, 1)
-        _check_int("rank", self.rank, 0)
-        _check_int("worker", self.worker, 0)
+        for name, minimum in (("world_size", 1), ("num_workers", 1), ("rank", 0), ("worker", 0)):
+            object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum))
         if self.rank >= self.world_size:
             raise InvalidArgumentError(f"rank must be < world_size ({self.world_size}), got {self.rank}")
         if self.worker >= self.num_workers:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,10 +45,11 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def to_torch(batch: Mapping[str, Any], variable: str = "pad") -> dict[str, Any]:
+def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection[str] = ()) -> dict[str, Any]:
     """Convert a decoded numpy batch to torch: arrays -> tensors (zero-copy where writable),
     masked arrays -> values plus ``<name>__valid``, strings/bytes -> lists, variable-shape lists
-    -> lists of tensors or a nested tensor."""
+    -> lists of tensors or a nested tensor (``torch.jagged`` layout for the fields named in
+    ``jagged``, whose only variable dimension is the first; the strided prototype layout otherwise)."""
     out: dict[str, Any] = {}
     for name, v in batch.items():
         if isinstance(v, np.ma.MaskedArray):
@@ -61,7 +62,9 @@ def to_torch(batch: Mapping[str, Any], variable: str = "pad") -> dict[str, Any]:
             out[name] = _tensor(v)
         elif isinstance(v, list):  # variable-shape rows
             rows = [None if r is None else _tensor(r) for r in v]
-            if variable == "nested" and all(r is not None for r in rows) and rows:
+            if variable == "nested" and all(r is not None for r in rows) and rows and name in jagged:
+                out[name] = torch.nested.nested_tensor(rows, layout=torch.jagged)
+            elif variable == "nested" and all(r is not None for r in rows) and rows:
                 with warnings.catch_warnings():  # torch warns that strided nested tensors are a prototype
                     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors", category=UserWarning)
                     out[name] = torch.nested.nested_tensor(rows)
@@ -143,12 +146,19 @@ class TorchDataset(IterableDataset):
         self.stream = PlannedStream(ds, spec, columns, selection,
                                     pad_variable=variable == "pad", with_row_ids=with_row_ids)
         self.variable = variable
+        # Nested tensors use the jagged layout where the schema allows it (only the first dimension
+        # varies): the strided layout makes torch warn, also in the main process that unpickles
+        # batches from DataLoader workers.
+        self._jagged = frozenset(
+            f.name for f in ds.schema.fields if f.name in self.stream.columns and f.is_variable
+            and f.shape[0] is None and all(d is not None for d in f.shape[1:]))
         self.num_epochs = num_epochs
         self._epoch = 0
         self._history: tuple[Segment, ...] = ()
         self._skip = 0  # worker-level restore (StatefulDataLoader)
         self._yielded = 0
         self._done = False  # the epoch was read to its end; the next iteration starts the next one
+        self._source: int | None = None  # the plan worker whose stream this DataLoader worker reads
 
     @property
     def dataset(self) -> Dataset:
@@ -169,13 +179,18 @@ class TorchDataset(IterableDataset):
         if not isinstance(epoch, int) or epoch < 0:
             raise InvalidArgumentError(f"epoch must be a non-negative int, got {epoch!r}")
         self._epoch, self._history, self._skip, self._yielded, self._done = epoch, (), 0, 0, False
+        self._source = None
 
     def __len__(self) -> int:
         """Batches this rank yields per iteration (per epoch times ``num_epochs``)."""
         if self.num_epochs is None:
             raise TypeError("a TorchDataset with num_epochs=None has no length")
         history = () if self._done else self._history
-        n = self.stream.plan(self.epoch, self.world_size, history).num_batches(self.rank)
+        if history and history[-1].world_size == self.world_size:  # continued exactly (see resume_plan)
+            plan = self.stream.plan(self.epoch, self.world_size, history[:-1])
+            n = max(0, plan.num_batches(self.rank) - history[-1].consumed_batches)
+        else:
+            n = self.stream.plan(self.epoch, self.world_size, history).num_batches(self.rank)
         full = self.stream.plan(self.epoch + 1, self.world_size).num_batches(self.rank)
         return n + full * (self.num_epochs - 1)
 
@@ -186,12 +201,16 @@ class TorchDataset(IterableDataset):
         for _ in epochs:
             if self._done:
                 self._epoch, self._history, self._yielded, self._done = self._epoch + 1, (), 0, False
-            plan = self.stream.plan(self._epoch, self.world_size, self._history)
-            skip, self._skip = self._skip, 0
+                self._source = None
+            plan, source, skip, self._history = self.stream.resume_plan(
+                self._epoch, self.world_size, self._history, self.rank, worker, num_workers)
+            if self._source is not None:  # worker-level restore: continue the stream this worker had
+                source, skip = self._source, 0
+            skip, self._skip, self._source = skip + self._skip, 0, source
             self._yielded = skip
-            for batch in self.stream.iter_worker(plan, self.rank, worker, num_workers, skip):
+            for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip):
                 self._yielded += 1
-                yield to_torch(batch, self.variable)
+                yield to_torch(batch, self.variable, self._jagged)
             # Advance lazily: a worker that finished its share while other workers still read this
             # epoch must save "epoch e, all my batches" (not "epoch e + 1, nothing"), or a
             # StatefulDataLoader restore would make it read the whole next epoch into this one.
@@ -220,7 +239,8 @@ class TorchDataset(IterableDataset):
             "world_size": self.world_size,
         }
         if info is not None:
-            state.update(worker=info.id, num_workers=info.num_workers, worker_batches=yielded)
+            state.update(worker=info.id, num_workers=info.num_workers, worker_batches=yielded,
+                         plan_worker=info.id if self._source is None or self._done else self._source)
         else:
             state.update(num_workers=max(1, num_workers or 1),
                          consumed_batches=yielded if consumed_batches is None else int(consumed_batches))
@@ -251,8 +271,11 @@ class TorchDataset(IterableDataset):
             world_size, num_workers = _state_int(state, "world_size", 1), _state_int(state, "num_workers", 1)
             if "worker" in state:
                 worker, batches = _state_int(state, "worker", 0), _state_int(state, "worker_batches", 0)
+                source = _state_int(state, "plan_worker", 0) if "plan_worker" in state else worker
             else:
-                history += (Segment(world_size, num_workers, _state_int(state, "consumed_batches", 0)),)
+                consumed = _state_int(state, "consumed_batches", 0)
+                if consumed:  # a segment that consumed nothing changes nothing (and must not reshuffle the rest)
+                    history += (Segment(world_size, num_workers, consumed),)
         except InvalidArgumentError:
             raise
         except (KeyError, TypeError, ValueError) as e:
@@ -266,8 +289,10 @@ class TorchDataset(IterableDataset):
                     f"cannot restore worker {here[0]}/{here[1]} (world {self.world_size}); use a rank-level state"
                 )
             self._epoch, self._history, self._skip, self._yielded, self._done = epoch, history, batches, 0, False
+            self._source = source
             return
         self._epoch, self._history, self._skip, self._yielded, self._done = epoch, history, 0, 0, False
+        self._source = None
 
 
 def _state_int(state: Mapping[str, Any], key: str, minimum: int) -> int:
