@@ -303,12 +303,12 @@ def _state_int(state: Mapping[str, Any], key: str, minimum: int) -> int:
 
 
 def _window_rows(ds: Dataset, eligible_rows: int, batch_size: int, window_bytes: int) -> int:
-    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/16 of the eligible
+    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/8 of the eligible
     rows so that small datasets still spread over workers; a multiple of the batch size. Depends
     only on the dataset, the filter and the arguments (never on the world), so resumed runs agree."""
     if not isinstance(window_bytes, int) or window_bytes < 1:
         raise InvalidArgumentError(f"window_bytes must be a positive int, got {window_bytes!r}")
     row_bytes = max(1, ds.nbytes // max(1, len(ds)))
     by_bytes = max(1, window_bytes // max(1, row_bytes * batch_size))
-    by_share = max(1, eligible_rows // (16 * batch_size))
+    by_share = max(1, eligible_rows // (8 * batch_size))
     return int(min(by_bytes, by_share) * batch_size)
