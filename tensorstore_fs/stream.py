@@ -108,6 +108,40 @@ class _Files:
             self.close_one()
 
 
+READ_BYTES = 16 * 2**20  # decode contiguous rows this many bytes at a time, then slice batches
+
+
+def _merge_pieces(pieces: list[int], max_rows: int) -> list[list[int]]:
+    """Group consecutive batch pieces into reads of at most ``max_rows`` rows (a piece is never
+    split), so Parquet decodes fewer, larger batches that are then sliced without copying."""
+    reads: list[list[int]] = []
+    for p in pieces:
+        if reads and sum(reads[-1]) + p <= max_rows:
+            reads[-1].append(p)
+        else:
+            reads.append([p])
+    return reads
+
+
+UNIT_CACHE = 6  # decoded row groups kept per worker (windows share their boundary row groups)
+
+
+class _Unit:
+    """One decoded row group and lazily made zero-copy numpy views of its dense columns."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self._views: dict[str, np.ndarray | None] = {}
+
+    def dense(self, name: str, f: Any) -> np.ndarray | None:
+        """``(rows, *shape)`` view of a null-free scalar or fixed-shape column, else None."""
+        if name not in self._views:
+            col = self.table.column(name)
+            ok = (f.is_fixed_tensor or (f.is_scalar and f.dtype not in ("string", "bytes"))) and col.null_count == 0
+            self._views[name] = np.asarray(decode_column(self.table.select([name]), f)[name]) if ok else None
+        return self._views[name]
+
+
 class PlannedStream:
     """Reads one (rank, worker)'s share of an epoch as decoded numpy batches.
 
@@ -143,6 +177,8 @@ class PlannedStream:
         self._unit_rg = np.array([r.row_group for r in refs], dtype=np.int64)
         self._unit_first = np.array([r.first_row for r in refs], dtype=np.int64)
         self._id_starts = np.concatenate([[0], np.cumsum(selection.counts)]).astype(np.int64)
+        row_bytes = max(1, ds.nbytes // max(1, len(ds)))
+        self._read_rows = max(1, READ_BYTES // row_bytes)
 
     def plan(self, epoch: int, world_size: int, history: Sequence[Segment] = ()) -> EpochPlan:
         return EpochPlan(self.selection.counts, self.spec, epoch, world_size, history)
@@ -194,7 +230,7 @@ class PlannedStream:
                     skip: int = 0) -> Iterator[dict[str, Any]]:
         """Decoded batches of one worker, skipping its first ``skip`` batches."""
         files = _Files(self.ds)
-        cache: dict[int, pa.Table] = {}
+        cache: dict[int, _Unit] = {}
         try:
             for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
                 sizes = [len(ids) for ids, _ in batches]
@@ -262,34 +298,39 @@ class PlannedStream:
                 h += take
                 if h == sizes[c]:
                     c, h = c + 1, 0
-            it = read_batches(files.get(shard), rgs, self._storage_cols, ([skip] if skip else []) + pieces, 1)
+            reads = _merge_pieces(pieces, self._read_rows)
+            it = read_batches(files.get(shard), rgs, self._storage_cols,
+                              ([skip] if skip else []) + [sum(r) for r in reads], 1)
             try:
                 if skip:
                     next(it)
-                for want in pieces:
+                for group in reads:
                     rb = next(it, None)
-                    if rb is None or rb.num_rows != want:
+                    if rb is None or rb.num_rows != sum(group):
                         raise CorruptDatasetError(f"{self.ds.url}: shard {shard} holds fewer rows than its manifest says")
-                    pending.append(pa.Table.from_batches([rb]))
-                    have += want
-                    if have == sizes[cur]:
-                        yield pending[0] if len(pending) == 1 else pa.concat_tables(pending)
-                        cur, have, pending = cur + 1, 0, []
+                    offset = 0
+                    for want in group:  # zero-copy slices of one decoded read
+                        pending.append(pa.Table.from_batches([rb.slice(offset, want)]))
+                        offset += want
+                        have += want
+                        if have == sizes[cur]:
+                            yield pending[0] if len(pending) == 1 else pa.concat_tables(pending)
+                            cur, have, pending = cur + 1, 0, []
             finally:
                 it.close()
 
-    def _read_unit(self, files: _Files, cache: dict[int, pa.Table], u: int) -> pa.Table:
+    def _read_unit(self, files: _Files, cache: dict[int, "_Unit"], u: int) -> "_Unit":
         if u not in cache:
-            if len(cache) >= 4:
+            if len(cache) >= UNIT_CACHE:
                 cache.pop(next(iter(cache)))
             pf = files.get(int(self._unit_shard[u]))
             try:
-                cache[u] = pf.read_row_group(int(self._unit_rg[u]), columns=self._storage_cols, use_threads=True)
+                cache[u] = _Unit(pf.read_row_group(int(self._unit_rg[u]), columns=self._storage_cols, use_threads=True))
             except (pa.ArrowInvalid, OSError) as e:
                 raise CorruptDatasetError(f"{self.ds.url}: row group {u} unreadable: {e}") from None
         return cache[u]
 
-    def _gathered(self, files: _Files, cache: dict[int, pa.Table], ids: np.ndarray,
+    def _gathered(self, files: _Files, cache: dict[int, "_Unit"], ids: np.ndarray,
                   sizes: list[int]) -> Iterator[dict[str, Any]]:
         """Rows by id in any order, decoded: read the row groups they live in, then gather.
 
@@ -298,41 +339,39 @@ class PlannedStream:
         other fields go through Arrow ``take``."""
         units, local = self._locate(ids)
         needed = np.unique(units)
-        tables = {int(u): self._read_unit(files, cache, int(u)) for u in needed}
+        loaded = {int(u): self._read_unit(files, cache, int(u)) for u in needed}
         pos = 0
         for n in sizes:
-            yield self._gather_batch(tables, units[pos:pos + n], local[pos:pos + n])
+            yield self._gather_batch(loaded, units[pos:pos + n], local[pos:pos + n])
             pos += n
 
-    def _gather_batch(self, tables: dict[int, pa.Table], units: np.ndarray, local: np.ndarray) -> dict[str, Any]:
+    def _gather_batch(self, loaded: dict[int, "_Unit"], units: np.ndarray, local: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {}
         n = len(units)
-        present = np.unique(units)
-        slots = {int(u): np.flatnonzero(units == u) for u in present}
+        order = np.argsort(units, kind="stable")
+        bounds = np.flatnonzero(np.diff(units[order])) + 1
+        slots = {int(units[g[0]]): g for g in np.split(order, bounds)} if n else {}
         arrow_fields = []
         for name in self.columns:
             f = self.ds.schema.field(name)
-            chunks = {u: tables[u].column(name) for u in slots}
-            dense = (f.is_fixed_tensor or (f.is_scalar and f.dtype not in ("string", "bytes"))) and all(
-                c.null_count == 0 and c.num_chunks == 1 for c in chunks.values())
-            if not dense:
+            views = {u: loaded[u].dense(name, f) for u in slots}
+            if any(v is None for v in views.values()):
                 arrow_fields.append(name)
                 continue
             values = np.empty((n, *f.shape), dtype=f.numpy_dtype)
             for u, where in slots.items():
-                src = decode_column(tables[u].select([name]), f)[name]
-                values[where] = np.asarray(src)[local[where]]
+                values[where] = views[u][local[where]]
             out[name] = values
         if arrow_fields:
             cols = storage_columns(self.ds.schema, arrow_fields)
             pieces = []
-            order = np.empty(n, dtype=np.int64)
+            position = np.empty(n, dtype=np.int64)
             start = 0
             for u, where in slots.items():
-                pieces.append(tables[u].select(cols).take(pa.array(local[where])))
-                order[where] = np.arange(start, start + len(where))
+                pieces.append(loaded[u].table.select(cols).take(pa.array(local[where])))
+                position[where] = np.arange(start, start + len(where))
                 start += len(where)
-            table = pa.concat_tables(pieces).take(pa.array(order))
+            table = pa.concat_tables(pieces).take(pa.array(position))
             for name in arrow_fields:
                 out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
         return {name: out[name] for name in self._output_order(out)}
