@@ -12,7 +12,8 @@ untimed ones; every batch consumed: each tensor's length checked and one element
              ``torch.utils.data.DataLoader(ds, batch_size=None, num_workers=k)`` (``persistent_workers``
              when k > 0, so an epoch is one pass of the same loader, as in training), k in {0, 2},
              shuffle off/on (default shuffle settings, seed 0).
-2. reference ``pq.ParquetFile(path, memory_map=True)`` per tsfs shard file, every row group read,
+2. reference ``pq.ParquetFile(path, memory_map=True)`` per tsfs shard file (opened once, kept open
+             across epochs like tsfs keeps its own), every row group read,
              ``np.frombuffer`` of the fixed_size_binary buffers (offset honoured) and ``to_numpy()``
              of scalars, in the main process (no batching, no shuffle, no torch). Ratios: loader
              rows/s over reference rows/s.
@@ -297,13 +298,16 @@ def row_maps(ds):
 
 
 def raw_batches(files: list[str]) -> Callable[[], Any]:
-    """The reference read: every row group of every shard file, memory-mapped, decoded to numpy."""
+    """The reference read: every row group of every shard file, memory-mapped, decoded to numpy.
+
+    The files are opened once and stay open across epochs, as tsfs keeps its own open across
+    epochs: the reference does not pay for mapping the files again."""
+    import pyarrow.parquet as pq
+
+    opened = [pq.ParquetFile(path, memory_map=True) for path in files]
 
     def batches():
-        import pyarrow.parquet as pq
-
-        for path in files:
-            pf = pq.ParquetFile(path, memory_map=True)
+        for pf in opened:
             for g in range(pf.num_row_groups):
                 yield arrow_table_to_numpy(pf.read_row_group(g))
 

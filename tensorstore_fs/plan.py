@@ -15,7 +15,8 @@ Vocabulary
   window is the unit of work of DataLoader workers (each worker gets a contiguous block of
   windows, ``num_windows * w // num_workers`` up to ``num_windows * (w + 1) // num_workers``, so
   it reads one stretch of storage) and the shuffle buffer: with ``shuffle`` its rows are
-  permuted by ``(seed, epoch, segment, rank, k)``. Memory per worker is bounded by one window.
+  permuted by ``(seed, epoch, segment, rank, k)`` and cut into batches; inside a batch rows keep
+  their storage order (a cheap, sequential gather). Memory per worker is bounded by one window.
 * **loader order** — PyTorch's DataLoader yields worker batches round-robin (batch ``j`` of every
   worker in worker order, then ``j + 1``), skipping exhausted workers; this order is what a
   training loop consumes, and what a resume counts.
@@ -226,6 +227,13 @@ class EpochPlan:
         ids = self.sequence.ids(positions)
         if self.spec.shuffle:
             perm = np.random.default_rng((self.spec.seed, self.epoch, self.segment, rank, k)).permutation(hi - lo)
+            # Which rows form a batch is random; inside a batch rows keep storage order, so a
+            # batch is gathered with one sequential copy per row group (order inside a batch does
+            # not matter to a gradient step).
+            bs = self.spec.batch_size
+            for b in range(0, len(perm), bs):
+                part = perm[b:b + bs]
+                part.sort()
             ids, is_pad = ids[perm], is_pad[perm]
         return ids, is_pad
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -179,6 +180,8 @@ class PlannedStream:
         self._id_starts = np.concatenate([[0], np.cumsum(selection.counts)]).astype(np.int64)
         row_bytes = max(1, ds.nbytes // max(1, len(ds)))
         self._read_rows = max(1, READ_BYTES // row_bytes)
+        self._files: _Files | None = None
+        self._files_pid: int | None = None
 
     def plan(self, epoch: int, world_size: int, history: Sequence[Segment] = ()) -> EpochPlan:
         return EpochPlan(self.selection.counts, self.spec, epoch, world_size, history)
@@ -229,19 +232,33 @@ class PlannedStream:
     def iter_worker(self, plan: EpochPlan, rank: int, worker: int, num_workers: int,
                     skip: int = 0) -> Iterator[dict[str, Any]]:
         """Decoded batches of one worker, skipping its first ``skip`` batches."""
-        files = _Files(self.ds)
+        files = self._process_files()
         cache: dict[int, _Unit] = {}
-        try:
-            for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
-                sizes = [len(ids) for ids, _ in batches]
-                if contiguous:
-                    tables = self._contiguous(files, int(batches[0][0][0]), sizes)
-                else:
-                    tables = self._gathered(files, cache, np.concatenate([ids for ids, _ in batches]), sizes)
-                for (ids, pad), table in zip(batches, tables):
-                    yield self._decode(table, ids, pad)
-        finally:
-            files.close()
+        for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
+            sizes = [len(ids) for ids, _ in batches]
+            if contiguous:
+                tables = self._contiguous(files, int(batches[0][0][0]), sizes)
+            else:
+                tables = self._gathered(files, cache, np.concatenate([ids for ids, _ in batches]), sizes)
+            for (ids, pad), table in zip(batches, tables):
+                yield self._decode(table, ids, pad)
+
+    def _process_files(self) -> _Files:
+        """Shard files open in this process, kept across epochs (a forked child opens its own)."""
+        if self._files is None or self._files_pid != os.getpid():
+            self._files, self._files_pid = _Files(self.ds), os.getpid()
+        return self._files
+
+    def close(self) -> None:
+        """Close the shard files this process holds open (they are reopened on the next read)."""
+        if self._files is not None and self._files_pid == os.getpid():
+            self._files.close()
+        self._files = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"], state["_files_pid"] = None, None  # open files never travel to other processes
+        return state
 
     def _runs(self, batches: Iterator[tuple[int, np.ndarray, np.ndarray]]
               ) -> Iterator[tuple[bool, list[tuple[np.ndarray, np.ndarray]]]]:
@@ -351,6 +368,9 @@ class PlannedStream:
         order = np.argsort(units, kind="stable")
         bounds = np.flatnonzero(np.diff(units[order])) + 1
         slots = {int(units[g[0]]): g for g in np.split(order, bounds)} if n else {}
+        # runs of consecutive rows from one row group (the plan keeps a batch's rows grouped)
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(units)) + 1, [n]]).astype(np.int64)
+        runs = [(int(units[a]), int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
         arrow_fields = []
         for name in self.columns:
             f = self.ds.schema.field(name)
@@ -359,8 +379,8 @@ class PlannedStream:
                 arrow_fields.append(name)
                 continue
             values = np.empty((n, *f.shape), dtype=f.numpy_dtype)
-            for u, where in slots.items():
-                values[where] = views[u][local[where]]
+            for u, a, b in runs:  # one copy, straight into the batch
+                np.take(views[u], local[a:b], axis=0, out=values[a:b])
             out[name] = values
         if arrow_fields:
             cols = storage_columns(self.ds.schema, arrow_fields)
