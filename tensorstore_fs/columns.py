@@ -126,14 +126,16 @@ def _masked_column(value: np.ma.MaskedArray) -> tuple[np.ndarray, np.ndarray | N
 
 
 def _pandas_column(series: Any) -> tuple[Any, np.ndarray | None]:
+    """A pandas Series -> numpy (object arrays with None for missing strings/objects; nullable
+    extension dtypes such as Int64 or boolean -> object arrays with None for NA)."""
     import pandas as pd
 
-    na = np.asarray(pd.isna(series), dtype=bool) if series.dtype == object or hasattr(series, "array") else None
-    if series.dtype == object or str(series.dtype) in ("string", "str") or str(series.dtype).startswith("string"):
+    dtype = series.dtype
+    if dtype == object or str(dtype).startswith("str"):
         values = series.to_numpy(dtype=object)
         values = np.array([None if (isinstance(v, float) and v != v) or v is pd.NA else v for v in values], dtype=object)
         return values, None
-    if na is not None and na.any() and pd.api.types.is_extension_array_dtype(series.dtype):  # nullable extension dtypes (Int64, boolean, ...)
+    if pd.api.types.is_extension_array_dtype(dtype) and bool(np.asarray(pd.isna(series)).any()):
         return series.to_numpy(dtype=object, na_value=None), None
     return series.to_numpy(), None
 
