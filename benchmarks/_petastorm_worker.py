@@ -26,50 +26,10 @@ import statistics
 import sys
 import time
 
-IMAGE_SHAPE = (3, 64, 64)
-EMB_DIM = 256
-
-
-def _status_kib(key: str, pid: str = "self") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for path in glob.glob(f"/proc/{pid}/task/*/children"):
-        try:
-            with open(path) as fh:
-                out += [int(x) for x in fh.read().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    todo, seen = _children(pid), []
-    while todo:
-        c = todo.pop()
-        if c not in seen:
-            seen.append(c)
-            todo += _children(c)
-    return seen
-
+# _common imports only the standard library at module level (numpy / pyarrow inside functions), so it loads
+# in this virtualenv too. Spark tasks (``_rows_of_row_group``) must not use it: they are pickled by value
+# and run in Spark's Python workers, where benchmarks/ is not on sys.path.
+from _common import EMB_DIM, IMAGE_SHAPE, descendants, reset_hwm, spearman, status_kib
 
 def unischema():
     import numpy as np
@@ -180,28 +140,6 @@ def _storage_positions(dir_: str):
     return pos, f_of, g_of
 
 
-def spearman(x, y) -> float:
-    import numpy as np
-
-    def ranks(a):
-        a = np.asarray(a)
-        order = np.argsort(a, kind="stable")
-        r = np.empty(len(a), dtype=np.float64)
-        r[order] = np.arange(len(a), dtype=np.float64)
-        # average ranks of ties
-        _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
-        if (counts > 1).any():
-            sums = np.bincount(inv, weights=r)
-            r = (sums / counts)[inv]
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    rx -= rx.mean()
-    ry -= ry.mean()
-    den = float(np.sqrt((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / den) if den else 0.0
-
-
 def cmd_read(args) -> dict:
     import numpy as np
     import torch
@@ -214,7 +152,7 @@ def cmd_read(args) -> dict:
                          shuffle_row_groups=args.shuffle, shuffle_rows=args.shuffle,
                          seed=args.seed if args.shuffle else None)
     loader = DataLoader(reader, batch_size=args.batch_size)
-    hwm_method = "VmHWM reset after setup" if _reset_hwm() else "VmHWM (includes setup)"
+    hwm_method = "VmHWM reset after setup" if reset_hwm() else "VmHWM (includes setup)"
 
     def epoch(collect: bool):
         rows, batches = 0, []
@@ -250,9 +188,9 @@ def cmd_read(args) -> dict:
             "rows": int(len(out_ids)),
             "distinct_rows": int(len(np.unique(out_ids))),
         }
-    peak_kib = _status_kib("VmHWM") or 0
-    kids = _descendants(os.getpid())
-    peak_kib += sum(_status_kib("VmHWM", str(k)) or 0 for k in kids)
+    peak_kib = status_kib("VmHWM") or 0
+    kids = descendants(os.getpid())
+    peak_kib += sum(status_kib("VmHWM", str(k)) or 0 for k in kids)
     reader.stop()
     reader.join()
     return {"times_s": times, "median_s": statistics.median(times), "rows": rows,

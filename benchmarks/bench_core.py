@@ -53,15 +53,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from _common import (ROW_NBYTES, TENSORS, WRITE_BATCH_ROWS, arrow_table_to_numpy, hwm_reset_ok, make_data,
+                     md_table, status_kib, tsfs_schema)
+
 log = logging.getLogger("bench_core")
 
-IMAGE_SHAPE = (3, 64, 64)
-EMB_DIM = 256
-ROW_NBYTES = 8 + 4 + 3 * 64 * 64 + 4 * EMB_DIM  # 13,324 payload bytes per row
-WRITE_BATCH_ROWS = 2048
 READ_BATCH_ROWS = 1024  # tsfs's default batch_size
 SCALARS = ("id", "label")
-TENSORS = {"image": ("uint8", IMAGE_SHAPE), "embedding": ("float32", (EMB_DIM,))}
 TARGETS = {"write": 0.8, "scan": 0.9, "filter_bytes": 0.03}
 RESULTS_MD = Path(__file__).resolve().parent / "results" / "core.md"
 
@@ -70,62 +68,23 @@ RESULTS_MD = Path(__file__).resolve().parent / "results" / "core.md"
 # helpers that run inside the phase subprocesses
 # ------------------------------------------------------------------------------------------------
 
-def _status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 class PeakRSS:
     """Per-phase peak RSS: reset the kernel's high-water mark after setup, read it afterwards."""
 
     def __init__(self) -> None:
         self.method = "ru_maxrss (includes setup)"
-        self.baseline_mib = _status_kib("VmRSS")
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
-            if hwm is not None and rss is not None and hwm <= rss + 1024:
-                self.method = "VmHWM reset after setup"
-        except OSError:
-            pass
+        self.baseline_mib = status_kib("VmRSS")
+        if hwm_reset_ok():
+            self.method = "VmHWM reset after setup"
         if self.baseline_mib is not None:
             self.baseline_mib /= 1024
 
     def peak_mib(self) -> float:
+        """Peak RSS (MiB) since the reset, or of the whole process where the reset was not possible."""
         if self.method.startswith("VmHWM"):
-            return _status_kib("VmHWM") / 1024  # type: ignore[operator]
+            return status_kib("VmHWM") / 1024  # type: ignore[operator]
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024
-
-
-def make_data(n: int, seed: int = 0) -> dict[str, Any]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return {
-        "id": np.arange(n, dtype=np.int64),
-        "label": rng.integers(0, 10, n, dtype=np.int32),
-        "image": rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8),
-        "embedding": rng.standard_normal((n, EMB_DIM), dtype=np.float32),
-    }
-
-
-def tsfs_schema():
-    import tensorstore_fs as tsfs
-
-    return tsfs.Schema([
-        tsfs.Field("id", "int64"),
-        tsfs.Field("label", "int32"),
-        tsfs.Field("image", "uint8", IMAGE_SHAPE),
-        tsfs.Field("embedding", "float32", (EMB_DIM,)),
-    ])
 
 
 def fsb(a) -> Any:
@@ -136,30 +95,6 @@ def fsb(a) -> Any:
     a = np.ascontiguousarray(a)
     nbytes = a.itemsize * (a.size // len(a))
     return pa.Array.from_buffers(pa.binary(nbytes), len(a), [None, pa.py_buffer(a.reshape(-1).view(np.uint8))])
-
-
-def np_fixed(arr, dtype: str, shape: tuple[int, ...]):
-    """fixed_size_binary Arrow array -> zero-copy (n, *shape) numpy view (honours arr.offset)."""
-    import numpy as np
-
-    n = len(arr)
-    rb = arr.type.byte_width
-    flat = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=n * rb, offset=arr.offset * rb)
-    return flat.view(dtype).reshape((n, *shape))
-
-
-def arrow_table_to_numpy(t) -> dict[str, Any]:
-    """The reference decode: one chunk per column, frombuffer for tensors, to_numpy for scalars."""
-    out = {}
-    for name in t.column_names:
-        col = t.column(name)
-        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-        if name in TENSORS:
-            dtype, shape = TENSORS[name]
-            out[name] = np_fixed(arr, dtype, shape)
-        else:
-            out[name] = arr.to_numpy()
-    return out
 
 
 def consume(batches) -> tuple[int, int]:
@@ -433,9 +368,7 @@ def build_table(r: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                  f"{frac:.3%} ({ft['bytes_read']:,} B; {ft['row_groups_read']}/{ft['row_groups_total']} row groups)",
                  f"<= {TARGETS['filter_bytes']:.0%}", yn(summary["filter_bytes_met"])])
     head = ["measure", "system", "rows/s", "GB/s", "peak RSS MiB", "ratio vs reference", "target", "met?"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(c) + " |" for c in rows]
-    return "\n".join(lines), summary
+    return md_table(head, rows), summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import glob
 import io
 import itertools
 import json
@@ -63,16 +62,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from _common import (EMB_DIM, IMAGE_SHAPE, ROW_NBYTES, WRITE_BATCH_ROWS, arrow_table_to_numpy, children,
+                     hwm_reset_ok, make_data, md_table, spearman, status_kib, tsfs_schema)
+
 log = logging.getLogger("bench_loader")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-IMAGE_SHAPE = (3, 64, 64)
-EMB_DIM = 256
-ROW_NBYTES = 8 + 4 + 3 * 64 * 64 + 4 * EMB_DIM  # 13,324 payload bytes per row
-WRITE_BATCH_ROWS = 2048
 BATCH = 256
-TENSORS = {"image": ("uint8", IMAGE_SHAPE), "embedding": ("float32", (EMB_DIM,))}
 TARGETS = {"nw0": 0.85, "shuffle": 0.5, "vs_petastorm": 20.0}
 RESULTS_MD = HERE / "results" / "loader.md"
 
@@ -91,18 +88,8 @@ PETASTORM_STAMP = ".bench-ready"
 # /proc helpers (psutil is not installed)
 # ------------------------------------------------------------------------------------------------
 
-def _status_kib(key: str, pid: int | str = "self") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _pss_kib(pid: int | str = "self") -> int | None:
+    """Proportional set size (KiB) of ``pid`` from /proc/<pid>/smaps_rollup; None if unreadable."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
@@ -113,23 +100,10 @@ def _pss_kib(pid: int | str = "self") -> int | None:
     return None
 
 
-def children(pid: int | None = None) -> list[int]:
-    """Live child processes of ``pid`` (default: this process), from /proc/<pid>/task/*/children."""
-    pid = os.getpid() if pid is None else pid
-    out: list[int] = []
-    for path in glob.glob(f"/proc/{pid}/task/*/children"):
-        try:
-            with open(path) as fh:
-                out += [int(x) for x in fh.read().split()]
-        except OSError:
-            pass
-    return sorted(set(out))
-
-
 def tree_rss() -> dict[str, float]:
     """RSS and PSS (MiB) of this process and its children, now."""
     pids = [os.getpid(), *children()]
-    rss = [(_status_kib("VmRSS", p) or 0) / 1024 for p in pids]
+    rss = [(status_kib("VmRSS", p) or 0) / 1024 for p in pids]
     pss = [(_pss_kib(p) or 0) / 1024 for p in pids]
     return {"main_rss": rss[0], "workers_rss": sum(rss[1:]), "total_rss": sum(rss), "total_pss": sum(pss),
             "processes": len(pids)}
@@ -139,20 +113,13 @@ class PeakRSS:
     """Main-process VmHWM reset after setup, plus the VmHWM of child processes read at the end."""
 
     def __init__(self) -> None:
-        self.method = "ru_maxrss (includes setup)"
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
-            if hwm is not None and rss is not None and hwm <= rss + 1024:
-                self.method = "VmHWM reset after setup"
-        except OSError:
-            pass
+        self.method = "VmHWM reset after setup" if hwm_reset_ok() else "ru_maxrss (includes setup)"
         self.pss_peak = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start_sampling(self, every_s: float = 0.1) -> None:
+        """Sample the PSS sum of this process tree every ``every_s`` seconds in a daemon thread."""
         def loop() -> None:
             while not self._stop.wait(every_s):
                 self.pss_peak = max(self.pss_peak, tree_rss()["total_pss"])
@@ -161,17 +128,18 @@ class PeakRSS:
         self._thread.start()
 
     def finish(self) -> dict[str, float]:
+        """Stop sampling; peak RSS of the main process plus its children's VmHWM, and the PSS peak."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self.method.startswith("VmHWM"):
-            main = (_status_kib("VmHWM") or 0) / 1024
+            main = (status_kib("VmHWM") or 0) / 1024
         else:
             import resource
 
             main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         kids = children()
-        workers = sum((_status_kib("VmHWM", k) or 0) for k in kids) / 1024
+        workers = sum((status_kib("VmHWM", k) or 0) for k in kids) / 1024
         self.pss_peak = max(self.pss_peak, tree_rss()["total_pss"])
         return {"peak_rss_mib": main + workers, "main_hwm_mib": main, "workers_hwm_mib": workers,
                 "workers": len(kids), "pss_peak_mib": self.pss_peak, "rss_method": self.method}
@@ -180,52 +148,6 @@ class PeakRSS:
 # ------------------------------------------------------------------------------------------------
 # data, decoding, consuming, statistics
 # ------------------------------------------------------------------------------------------------
-
-def make_data(n: int, seed: int = 0) -> dict[str, Any]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return {
-        "id": np.arange(n, dtype=np.int64),
-        "label": rng.integers(0, 10, n, dtype=np.int32),
-        "image": rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8),
-        "embedding": rng.standard_normal((n, EMB_DIM), dtype=np.float32),
-    }
-
-
-def tsfs_schema():
-    import tensorstore_fs as tsfs
-
-    return tsfs.Schema([
-        tsfs.Field("id", "int64"),
-        tsfs.Field("label", "int32"),
-        tsfs.Field("image", "uint8", IMAGE_SHAPE),
-        tsfs.Field("embedding", "float32", (EMB_DIM,)),
-    ])
-
-
-def np_fixed(arr, dtype: str, shape: tuple[int, ...]):
-    """fixed_size_binary Arrow array -> zero-copy (n, *shape) numpy view (honours arr.offset)."""
-    import numpy as np
-
-    n = len(arr)
-    rb = arr.type.byte_width
-    flat = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=n * rb, offset=arr.offset * rb)
-    return flat.view(dtype).reshape((n, *shape))
-
-
-def arrow_table_to_numpy(t) -> dict[str, Any]:
-    out = {}
-    for name in t.column_names:
-        col = t.column(name)
-        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-        if name in TENSORS:
-            dtype, shape = TENSORS[name]
-            out[name] = np_fixed(arr, dtype, shape)
-        else:
-            out[name] = arr.to_numpy()
-    return out
-
 
 def consume(batches, collect: str | None = None) -> tuple[int, int, list[Any]]:
     """Touch every column of every batch (length check + one element each).
@@ -246,26 +168,6 @@ def consume(batches, collect: str | None = None) -> tuple[int, int, list[Any]]:
         rows += n
         nb += 1
     return rows, nb, got
-
-
-def spearman(x, y) -> float:
-    """Spearman rank correlation (average ranks for ties), numpy only."""
-    import numpy as np
-
-    def ranks(a):
-        a = np.asarray(a)
-        r = np.empty(len(a), dtype=np.float64)
-        r[np.argsort(a, kind="stable")] = np.arange(len(a), dtype=np.float64)
-        _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
-        if (counts > 1).any():
-            r = (np.bincount(inv, weights=r) / counts)[inv]
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    rx -= rx.mean()
-    ry -= ry.mean()
-    den = float(np.sqrt((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / den) if den else 0.0
 
 
 def batch_diversity(batches: list[Any], shard_of, rg_of) -> dict[str, float]:
@@ -676,9 +578,7 @@ def build_table(r: dict[str, Any], pet: dict[str, Any] | None, pet_error: str | 
                      f"{pq_['spearman']:+.3f} / {pq_['row_groups_per_batch']:.2f} / {pq_['shards_per_batch']:.2f}",
                      "—", "—"])
     head = ["measure", "system", "rows/s", "GB/s", "peak RSS MiB", "ratio vs raw", "target", "met?"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(c) + " |" for c in rows]
-    return "\n".join(lines), summary
+    return md_table(head, rows), summary
 
 
 def main(argv: list[str] | None = None) -> int:
