@@ -21,6 +21,7 @@ from .encoding import decode_column, storage_columns
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
 from .predicates import Predicate
+from .pages import plain_values_offset
 from .scan import RowGroupRef, Scanner, all_row_groups, read_batches
 
 __all__ = ["Selection", "PlannedStream", "PAD_COLUMN", "ROW_ID_COLUMN", "STATE_FORMAT"]
@@ -100,6 +101,11 @@ class _Files:
             self._open[shard] = (pf, source)
         return self._open[shard][0]
 
+    def source(self, shard: int) -> Any:
+        """The open file behind ``get(shard)`` (a memory map for local datasets)."""
+        self.get(shard)
+        return self._open[shard][1]
+
     def close_one(self) -> None:
         shard = next(iter(self._open))
         self._open.pop(shard)[1].close()
@@ -130,9 +136,9 @@ UNIT_CACHE = 6  # decoded row groups kept per worker (windows share their bounda
 class _Unit:
     """One decoded row group and lazily made zero-copy numpy views of its dense columns."""
 
-    def __init__(self, table: pa.Table) -> None:
+    def __init__(self, table: pa.Table, direct: dict[str, np.ndarray] | None = None) -> None:
         self.table = table
-        self._views: dict[str, np.ndarray | None] = {}
+        self._views: dict[str, np.ndarray | None] = dict(direct or {})
 
     def dense(self, name: str, f: Any) -> np.ndarray | None:
         """``(rows, *shape)`` view of a null-free scalar or fixed-shape column, else None."""
@@ -340,12 +346,37 @@ class PlannedStream:
         if u not in cache:
             if len(cache) >= UNIT_CACHE:
                 cache.pop(next(iter(cache)))
-            pf = files.get(int(self._unit_shard[u]))
+            shard, rg = int(self._unit_shard[u]), int(self._unit_rg[u])
+            pf = files.get(shard)
+            direct = self._direct_views(pf, files.source(shard), rg)
+            rest = [c for c in self._storage_cols if c not in direct]
             try:
-                cache[u] = _Unit(pf.read_row_group(int(self._unit_rg[u]), columns=self._storage_cols, use_threads=True))
+                table = pf.read_row_group(rg, columns=rest, use_threads=True) if rest else pa.table({})
             except (pa.ArrowInvalid, OSError) as e:
                 raise CorruptDatasetError(f"{self.ds.url}: row group {u} unreadable: {e}") from None
+            cache[u] = _Unit(table, direct)
         return cache[u]
+
+    def _direct_views(self, pf: pq.ParquetFile, source: Any, rg: int) -> dict[str, np.ndarray]:
+        """Zero-copy views of the memory-mapped values of this row group's fixed-shape tensor
+        columns, where the file holds them as one plain page (see :mod:`tensorstore_fs.pages`)."""
+        if not isinstance(source, pa.MemoryMappedFile):
+            return {}
+        meta = pf.metadata.row_group(rg)
+        rows = meta.num_rows
+        index = {pf.schema_arrow.field(i).name: i for i in range(len(pf.schema_arrow))}
+        out: dict[str, np.ndarray] = {}
+        for name in self.columns:
+            f = self.ds.schema.field(name)
+            if not f.is_fixed_tensor or f.nullable or name not in index:
+                continue
+            offset = plain_values_offset(source.read_at, meta.column(index[name]), rows, f.row_nbytes)
+            if offset is None:
+                continue
+            source.seek(offset)  # read_buffer on a memory map is a zero-copy slice (read_at would copy)
+            buf = source.read_buffer(rows * f.row_nbytes)
+            out[name] = np.frombuffer(buf, dtype=f.numpy_dtype.newbyteorder("<")).reshape((rows, *f.shape))
+        return out
 
     def _gathered(self, files: _Files, cache: dict[int, "_Unit"], ids: np.ndarray,
                   sizes: list[int]) -> Iterator[dict[str, Any]]:
