@@ -262,18 +262,27 @@ class PlannedStream:
 
     # -- reading ----------------------------------------------------------------------------------
     def iter_worker(self, plan: EpochPlan, rank: int, worker: int, num_workers: int,
-                    skip: int = 0) -> Iterator[dict[str, Any]]:
-        """Decoded batches of one worker, skipping its first ``skip`` batches."""
+                    skip: int = 0, *, keep_open: bool = True) -> Iterator[dict[str, Any]]:
+        """Decoded batches of one worker, skipping its first ``skip`` batches.
+
+        ``keep_open`` keeps the shard files (memory maps) open for the next epoch, which saves
+        mapping them again; DataLoader workers close them at the end of each epoch instead, so
+        their resident memory does not accumulate file pages epoch after epoch."""
         files = self._process_files()
         cache: dict[int, _Unit] = {}
-        for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
-            sizes = [len(ids) for ids, _ in batches]
-            if contiguous:
-                tables = self._contiguous(files, int(batches[0][0][0]), sizes)
-            else:
-                tables = self._gathered(files, cache, np.concatenate([ids for ids, _ in batches]), sizes)
-            for (ids, pad), table in zip(batches, tables):
-                yield self._decode(table, ids, pad)
+        try:
+            for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
+                sizes = [len(ids) for ids, _ in batches]
+                if contiguous:
+                    tables = self._contiguous(files, int(batches[0][0][0]), sizes)
+                else:
+                    tables = self._gathered(files, cache, np.concatenate([ids for ids, _ in batches]), sizes)
+                for (ids, pad), table in zip(batches, tables):
+                    yield self._decode(table, ids, pad)
+        finally:
+            if not keep_open:
+                cache.clear()
+                self.close()
 
     def _process_files(self) -> _Files:
         """Shard files open in this process, kept across epochs (a forked child opens its own)."""

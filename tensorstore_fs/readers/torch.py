@@ -239,7 +239,7 @@ class TorchDataset(IterableDataset):
             skip, self._skip, self._source = skip + self._skip, 0, source
             self._yielded = skip
             in_worker = info is not None
-            for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip):
+            for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip, keep_open=not in_worker):
                 self._yielded += 1
                 converted = to_torch(batch, self.variable, self._jagged)
                 yield share_batch(converted) if in_worker else converted
