@@ -143,11 +143,22 @@ class _RecyclingPool:
     def __init__(self, per_shape: int = 4) -> None:
         self.per_shape = per_shape
         self._free: dict[tuple, list[np.ndarray]] = {}
+        self._idle = self._idle_refcount()
+
+    @staticmethod
+    def _idle_refcount() -> int:
+        """The reference count an array held only by the pool shows in :meth:`empty`'s loop,
+        measured on this interpreter (3 on CPython up to 3.13; interpreters that borrow loop
+        references report less, and a held array must never look idle)."""
+        probe = [np.empty(0)]
+        for arr in probe:
+            return sys.getrefcount(arr)
+        raise AssertionError("unreachable")
 
     def empty(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         arrays = self._free.setdefault((shape, np.dtype(dtype).str), [])
         for arr in arrays:
-            if sys.getrefcount(arr) == 3:  # the list, this loop variable, getrefcount's argument
+            if sys.getrefcount(arr) == self._idle:  # nobody but the pool holds it
                 return arr
         arr = np.empty(shape, dtype=dtype)
         if len(arrays) < self.per_shape:

@@ -1,0 +1,41 @@
+"""Gathered batch arrays are recycled only once nobody holds them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import tensorstore_fs as tsfs
+from tensorstore_fs.readers.torch import TorchDataset
+from tensorstore_fs.stream import _RecyclingPool
+
+
+def test_pool_never_hands_out_a_held_array():
+    pool = _RecyclingPool()
+    a = pool.empty((4, 3), np.float32)
+    t = torch.from_numpy(a)
+    view = a[1:]
+    del a
+    b = pool.empty((4, 3), np.float32)
+    assert not np.shares_memory(b, t.numpy())
+    del t
+    c = pool.empty((4, 3), np.float32)
+    assert not np.shares_memory(c, view)  # a view keeps its base alive, so still not reused
+    del view, b, c
+    first = pool.empty((4, 3), np.float32)
+    assert any(first is x for x in pool._free[((4, 3), np.dtype(np.float32).str)])  # reused once free
+
+
+def test_batches_kept_by_the_consumer_stay_intact(tmp_path):
+    n = 3000
+    ids = np.arange(n)
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": ids, "x": np.repeat(ids[:, None], 40, 1).astype(np.float32)},
+                            row_group_bytes=8000)
+    reader = TorchDataset(ds, batch_size=64, shuffle=True, seed=2, with_row_ids=True)
+    kept = list(reader)  # every batch of epoch 0 alive at once
+    for _ in reader:  # epoch 1 through the same reader and its pool, dropping each batch
+        pass
+    for b in kept:
+        assert torch.equal(b["x"][:, 7].long(), b["__row_id__"])
+        assert torch.equal(b["id"], b["__row_id__"])
+    assert sorted(torch.cat([b["id"] for b in kept]).tolist()) == list(range(n))
