@@ -144,7 +144,6 @@ def _timed_runs(fn: Callable[[int], Any], repeat: int, profile: bool,
 
 def phase(task: dict[str, Any]) -> dict[str, Any]:
     """One (measure, system) pair; runs in a fresh spawned process."""
-    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as pads

@@ -524,7 +524,7 @@ def build_table(r: dict[str, Any], pet: dict[str, Any] | None, pet_error: str | 
                          ("shared", "batch written into one fresh shared-memory segment")):
             rps = tr["rows"] / tr["median_s"][m]
             summary[f"transfer_{m}_rows_s"] = rps
-            rows.append([f"ceiling: DataLoader(num_workers=2) handing over ready batches, no reading",
+            rows.append(["ceiling: DataLoader(num_workers=2) handing over ready batches, no reading",
                          f"torch only: {label}", f"{rps:,.0f}", f"{rps * ROW_NBYTES / 1e9:.2f}", "—",
                          f"{rps / raw_t:.2f}*", "—", "—"])
     rows.append(["reference read (no batching, no shuffle)", "pq.ParquetFile(mmap) + np.frombuffer, main process",
@@ -709,9 +709,9 @@ def main(argv: list[str] | None = None) -> int:
         f"before it in the same process (so both see the same machine load); the reference row shows its own "
         f"phase (median {raw_med_rps:,.0f} rows/s; the paired reference medians ranged {paired_lo:,.0f}–"
         f"{paired_hi:,.0f} rows/s). Ratios marked * (Petastorm rows) are vs the reference phase.",
-        f"- peak RSS: main-process VmHWM reset after setup + VmHWM of each DataLoader worker (forked: shared "
-        f"pages counted in every process, so num_workers=2 rows are upper bounds; sampled peak PSS sum of the "
-        f"process tree: " + ", ".join(f"nw={r[k]['num_workers']} {'shuf' if r[k]['shuffle'] else 'seq'} "
+        "- peak RSS: main-process VmHWM reset after setup + VmHWM of each DataLoader worker (forked: shared "
+        "pages counted in every process, so num_workers=2 rows are upper bounds; sampled peak PSS sum of the "
+        "process tree: " + ", ".join(f"nw={r[k]['num_workers']} {'shuf' if r[k]['shuffle'] else 'seq'} "
                                       f"{r[k]['pss_peak_mib']:,.0f} MiB" for k in r if k.startswith("loader_")) + ").",
         f"- memory phase: {args.epochs} epochs, persistent workers, shuffle on; first batch after "
         f"{ep['first_batch_s']:.2f} s (worker start-up); per epoch (s): "

@@ -148,10 +148,8 @@ def _encode_scalar(col: Column) -> pa.Array:
 def encode_batch(columns: dict[str, Column], schema: Schema, arrow_sch: pa.Schema) -> pa.RecordBatch:
     """Validated columns -> one Arrow record batch in storage layout."""
     arrays: list[pa.Array] = []
-    n = 0
     for f in schema.fields:
         col = columns[f.name]
-        n = col.length
         if f.is_scalar:
             arrays.append(_encode_scalar(col))
         elif f.is_fixed_tensor:

@@ -6,7 +6,6 @@ The framework adapters (``readers.torch``, ``readers.tf``) are thin layers over
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import sys
@@ -21,9 +20,9 @@ from .dataset import Dataset
 from .encoding import decode_column, storage_columns
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
-from .predicates import Predicate
 from .pages import plain_values_offset
-from .scan import RowGroupRef, Scanner, all_row_groups, read_batches
+from .predicates import Predicate
+from .scan import Scanner, all_row_groups, read_batches
 
 __all__ = ["Selection", "PlannedStream", "PAD_COLUMN", "ROW_ID_COLUMN", "STATE_FORMAT"]
 
