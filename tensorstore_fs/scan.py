@@ -449,28 +449,53 @@ def read_batches(
     """Decode ``row_groups`` of ``pf`` as record batches of ``sizes[0]``, ``sizes[1]``, ... rows,
     then ``then`` rows each, spanning row-group boundaries with no copy beyond Parquet decoding.
 
-    pyarrow's batch reader reads its batch size before every batch, so changing it between
-    batches yields batches of any requested sizes (checked below; if a pyarrow release stops
-    honouring it, the batches are re-cut instead, which costs a copy but stays correct).
+    pyarrow's batch reader reads its batch size before every batch, so asking for the next size
+    between batches yields batches of exactly the requested sizes. Should a pyarrow release stop
+    honouring the change, the batches it returns are re-cut (and joined where short) to the
+    requested sizes: slower, never wrong.
     """
     plan = list(sizes)
-    first = plan.pop(0) if plan else then
-    reader = pf.iter_batches(batch_size=first, row_groups=list(row_groups), columns=columns, use_threads=True)
-    want = first
-    carry: pa.RecordBatch | None = None
+
+    def next_size() -> int:
+        return max(1, plan.pop(0) if plan else then)
+
+    want = next_size()
+    reader = pf.iter_batches(batch_size=want, row_groups=list(row_groups), columns=columns, use_threads=True)
+    buf: list[pa.RecordBatch] = []
+    have = 0
     for rb in reader:
-        want_next = plan.pop(0) if plan else then
-        pf.reader.set_batch_size(want_next)
-        if carry is not None:
-            rb = pa.Table.from_batches([carry, rb]).combine_chunks().to_batches()[0]
-            carry = None
-        if rb.num_rows > want:  # pyarrow ignored the size change: cut (copying) instead
-            carry = rb.slice(want)
-            rb = rb.slice(0, want)
-        yield rb
-        want = want_next
-    if carry is not None:
-        yield carry
+        buf.append(rb)
+        have += rb.num_rows
+        while have >= want:
+            out, buf = _cut(buf, want)
+            have -= want
+            yield out
+            want = next_size()
+        pf.reader.set_batch_size(want - have)
+    if have:
+        yield _cut(buf, have)[0]
+
+
+def _cut(buf: list[pa.RecordBatch], n: int) -> tuple[pa.RecordBatch, list[pa.RecordBatch]]:
+    """The first ``n`` rows of ``buf`` as one batch (zero-copy when one batch holds them) and the rest."""
+    head = buf[0]
+    if head.num_rows >= n:
+        rest = ([head.slice(n)] if head.num_rows > n else []) + buf[1:]
+        return head.slice(0, n), rest
+    pieces, taken, i = [], 0, 0
+    while taken < n:
+        take = min(buf[i].num_rows, n - taken)
+        pieces.append(buf[i].slice(0, take))
+        taken += take
+        if take < buf[i].num_rows:
+            buf = [buf[i].slice(take)] + buf[i + 1:]
+            i = 0
+            break
+        i += 1
+    else:
+        buf = buf[i:]
+    joined = pa.Table.from_batches(pieces).combine_chunks().to_batches()
+    return (joined[0] if joined else pieces[0]), buf
 
 
 def _predicate_mask(predicate: Predicate, cols: dict[str, Any], n: int) -> np.ndarray:
