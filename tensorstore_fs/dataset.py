@@ -159,7 +159,7 @@ class Dataset:
         """
         scanner = self.scanner(columns, filter, predicate, batch_size=1 << 62)
         names = storage_columns(self.schema, scanner.columns)
-        tables = list(scanner._tables())
+        tables = list(scanner.row_group_tables())
         storage_schema = arrow_schema(self.schema)
         table = pa.concat_tables(tables) if tables else storage_schema.empty_table().select(names)
         arrays = []

@@ -276,11 +276,7 @@ class Scanner:
             table = pf.read_row_group(ref.row_group, columns=cols, use_threads=True)
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptDatasetError(f"{self.storage.url}/{rel}: row group {ref.row_group} unreadable: {e}") from None
-        wanted = set(cols)
-        rg_meta = pf.metadata.row_group(ref.row_group)
-        self.stats.bytes_read += sum(
-            rg_meta.column(i).total_compressed_size for i, af in enumerate(pf.schema_arrow) if af.name in wanted
-        )
+        self.stats.bytes_read += _column_bytes(pf, ref.row_group, cols)
         return table
 
     def _matching(self, pf: pq.ParquetFile, ref: RowGroupRef, rel: str) -> tuple[np.ndarray | None, pa.Table | None]:
@@ -308,7 +304,7 @@ class Scanner:
             keep &= _predicate_mask(self.predicate, cols, t.num_rows)
         return np.flatnonzero(keep), t
 
-    def _tables(self) -> Iterator[pa.Table]:
+    def row_group_tables(self) -> Iterator[pa.Table]:
         """Matching rows, in order, as storage-layout tables.
 
         Without a filter or predicate, each shard's row groups are decoded by one
@@ -342,13 +338,10 @@ class Scanner:
             raise CorruptDatasetError(f"{self.storage.url}/{rel}: unreadable: {e}") from None
 
     def _account(self, pf: pq.ParquetFile, refs: Sequence[RowGroupRef], cols: list[str]) -> None:
-        wanted = set(cols)
-        leaves = [i for i, af in enumerate(pf.schema_arrow) if af.name in wanted]  # one leaf per column
         for ref in refs:
-            rg_meta = pf.metadata.row_group(ref.row_group)
             self.stats.row_groups_read += 1
             self.stats.rows_scanned += ref.rows
-            self.stats.bytes_read += sum(rg_meta.column(i).total_compressed_size for i in leaves)
+            self.stats.bytes_read += _column_bytes(pf, ref.row_group, cols)
 
     def matches(self) -> Iterator[tuple[RowGroupRef, np.ndarray | None]]:
         """``(row group, matching local rows or None for all)`` for every unpruned row group.
@@ -414,7 +407,7 @@ class Scanner:
         pending: list[pa.Table] = []
         have = 0
         self._carry_need = 0
-        for t in self._tables():
+        for t in self.row_group_tables():
             start = 0
             n = t.num_rows
             if pending and have + n >= bs:
@@ -441,6 +434,13 @@ class Scanner:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for t in self.iter_tables():
             yield self.decode(t)
+
+
+def _column_bytes(pf: pq.ParquetFile, row_group: int, cols: list[str]) -> int:
+    """Stored bytes of ``cols`` in one row group (every storage column is a single Parquet leaf)."""
+    wanted = set(cols)
+    meta = pf.metadata.row_group(row_group)
+    return sum(meta.column(i).total_compressed_size for i, af in enumerate(pf.schema_arrow) if af.name in wanted)
 
 
 def read_batches(
