@@ -16,21 +16,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .dataset import Dataset
+from .dataset import Dataset, open_dataset
 from .encoding import decode_column, storage_columns
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
 from .pages import plain_values_offset
 from .predicates import Predicate
 from .scan import Scanner, all_row_groups, read_batches
+from .world import World
 
-__all__ = ["Selection", "PlannedStream", "PAD_COLUMN", "ROW_ID_COLUMN", "STATE_FORMAT"]
+__all__ = ["Selection", "PlannedStream", "StreamState", "open_stream", "window_rows", "check_num_epochs", "PAD_COLUMN", "ROW_ID_COLUMN", "STATE_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
 PAD_COLUMN = "__pad__"
 ROW_ID_COLUMN = "__row_id__"
 STATE_FORMAT = "tensorstore_fs.stream_state"
+STATE_VERSION = 1
 DEFAULT_WINDOW_BYTES = 64 * 2**20
 
 
@@ -184,6 +186,88 @@ class _Unit:
         return self._views[name]
 
 
+@dataclass(frozen=True)
+class StreamState:
+    """A parsed resume state (see ``TorchDataset.state_dict``; the tf.data reader shares it).
+
+    ``history`` holds the interrupted segments of ``epoch``; a worker-level state (saved inside a
+    DataLoader worker) also has ``worker``, ``worker_batches`` and ``plan_worker``.
+    """
+
+    epoch: int
+    history: tuple[Segment, ...]
+    world_size: int
+    num_workers: int
+    worker: int | None = None
+    worker_batches: int = 0
+    plan_worker: int | None = None
+
+    @staticmethod
+    def rank_dict(dataset_version: int, spec: PlanSpec, epoch: int, history: Sequence[Segment],
+                  world_size: int, num_workers: int, consumed_batches: int) -> dict[str, Any]:
+        """The JSON-ready rank-level state: ``consumed_batches`` of ``epoch`` after ``history``."""
+        return {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "dataset_version": dataset_version,
+            "spec": spec.to_dict(),
+            "epoch": epoch,
+            "history": [[s.world_size, s.num_workers, s.consumed_batches] for s in history],
+            "world_size": world_size,
+            "num_workers": max(1, num_workers),
+            "consumed_batches": consumed_batches,
+        }
+
+    @classmethod
+    def parse(cls, state: Any, dataset_version: int, spec: PlanSpec) -> "StreamState":
+        """Validate a saved state against the reader's dataset version and plan spec.
+
+        A rank-level state's progress is folded into ``history`` as one more segment.
+
+        Raises
+        ------
+        InvalidArgumentError
+            Not a stream state, another format version, another dataset version or plan spec,
+            or malformed fields.
+        """
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise InvalidArgumentError("not a tensorstore_fs stream state")
+        if state.get("format_version") != STATE_VERSION:
+            raise InvalidArgumentError(f"stream state format_version {state.get('format_version')!r} is not supported")
+        try:
+            if state["dataset_version"] != dataset_version:
+                raise InvalidArgumentError(
+                    f"state was saved on dataset version {state['dataset_version']}, this reader has version "
+                    f"{dataset_version}: open the dataset with version={state['dataset_version']}"
+                )
+            saved = PlanSpec(**state["spec"])
+            if saved != spec:
+                raise InvalidArgumentError(f"state was saved with {saved}, this reader uses {spec}")
+            history = tuple(Segment(*h) for h in state["history"])
+            epoch = _state_int(state, "epoch", 0)
+            world_size, num_workers = _state_int(state, "world_size", 1), _state_int(state, "num_workers", 1)
+            if "worker" in state:
+                worker = _state_int(state, "worker", 0)
+                plan_worker = _state_int(state, "plan_worker", 0) if "plan_worker" in state else worker
+                return cls(epoch, history, world_size, num_workers, worker,
+                           _state_int(state, "worker_batches", 0), plan_worker)
+            consumed = _state_int(state, "consumed_batches", 0)
+            if consumed:  # a segment that consumed nothing changes nothing (and must not reshuffle the rest)
+                history += (Segment(world_size, num_workers, consumed),)
+            return cls(epoch, history, world_size, num_workers)
+        except InvalidArgumentError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"malformed tensorstore_fs stream state ({type(e).__name__}: {e})") from None
+
+
+def _state_int(state: dict[str, Any], key: str, minimum: int) -> int:
+    v = state[key]
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
+        raise InvalidArgumentError(f"stream state {key!r} must be an int >= {minimum}, got {v!r}")
+    return int(v)
+
+
 class PlannedStream:
     """Reads one (rank, worker)'s share of an epoch as decoded numpy batches.
 
@@ -250,6 +334,14 @@ class PlannedStream:
             source = (nxt + worker) % num_workers
             return base, source, sum(1 for w, _ in order[:k] if w == source), base_history
         return self.plan(epoch, world_size, history), worker, 0, history
+
+    def batches_left(self, epoch: int, world_size: int, history: Sequence[Segment], rank: int) -> int:
+        """Batches ``rank`` still reads in ``epoch`` after the interrupted segments ``history``."""
+        history = tuple(history)
+        if history and history[-1].world_size == world_size:  # continued exactly (see resume_plan)
+            plan = self.plan(epoch, world_size, history[:-1])
+            return max(0, plan.num_batches(rank) - history[-1].consumed_batches)
+        return self.plan(epoch, world_size, history).num_batches(rank)
 
     # -- id -> storage ----------------------------------------------------------------------------
     def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -493,3 +585,36 @@ class PlannedStream:
         if self.with_row_ids:
             out[ROW_ID_COLUMN] = self.row_ids(ids)
         return out
+
+
+def window_rows(ds: Dataset, eligible_rows: int, batch_size: int, window_bytes: int) -> int:
+    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/8 of the eligible
+    rows so that small datasets still spread over workers; a multiple of the batch size. Depends
+    only on the dataset, the filter and the arguments (never on the world), so resumed runs agree."""
+    if not isinstance(window_bytes, int) or window_bytes < 1:
+        raise InvalidArgumentError(f"window_bytes must be a positive int, got {window_bytes!r}")
+    row_bytes = max(1, ds.nbytes // max(1, len(ds)))
+    by_bytes = max(1, window_bytes // max(1, row_bytes * batch_size))
+    by_share = max(1, eligible_rows // (8 * batch_size))
+    return int(min(by_bytes, by_share) * batch_size)
+
+
+def check_num_epochs(num_epochs: Any) -> None:
+    if num_epochs is not None and (not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1):
+        raise InvalidArgumentError(f"num_epochs must be a positive int or None, got {num_epochs!r}")
+
+
+def open_stream(ds_or_url: Dataset | str, columns: Sequence[str] | None, filter: Any, predicate: Predicate | None,
+                batch_size: int, *, shuffle: bool, seed: int, remainder: str, drop_last: bool,
+                rank: int | None, world_size: int | None, window_bytes: int, pad_variable: bool,
+                with_row_ids: bool, version: int | None, storage_options: Any) -> tuple["PlannedStream", World]:
+    """The stream and world every framework adapter starts from (same arguments, same plan)."""
+    ds = ds_or_url if isinstance(ds_or_url, Dataset) else open_dataset(ds_or_url, version, storage_options)
+    world = World.detect(rank, world_size)
+    selection = Selection.compute(ds, filter, predicate)
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+    spec = PlanSpec(batch_size, shuffle=shuffle, seed=seed, remainder=remainder, drop_last=drop_last,
+                    window_rows=window_rows(ds, int(selection.counts.sum()), int(batch_size), window_bytes))
+    stream = PlannedStream(ds, spec, columns, selection, pad_variable=pad_variable, with_row_ids=with_row_ids)
+    return stream, world

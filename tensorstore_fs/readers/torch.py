@@ -24,19 +24,17 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..dataset import Dataset, open_dataset
+from ..dataset import Dataset
 from ..errors import InvalidArgumentError
 from ..plan import PlanSpec, Segment
 from ..predicates import Predicate
-from ..stream import DEFAULT_WINDOW_BYTES, STATE_FORMAT, PlannedStream, Selection
-from ..world import World
+from ..stream import DEFAULT_WINDOW_BYTES, StreamState, check_num_epochs, open_stream
 
 __all__ = ["TorchDataset", "to_torch"]
 
 logger = logging.getLogger(__name__)
 
 VARIABLE_MODES = ("pad", "list", "nested")
-STATE_VERSION = 1
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -165,16 +163,14 @@ class TorchDataset(IterableDataset):
         super().__init__()
         if variable not in VARIABLE_MODES:
             raise InvalidArgumentError(f"variable must be one of {VARIABLE_MODES}, got {variable!r}")
-        if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
-            raise InvalidArgumentError(f"num_epochs must be a positive int or None, got {num_epochs!r}")
-        ds = ds_or_url if isinstance(ds_or_url, Dataset) else open_dataset(ds_or_url, version, storage_options)
-        world = World.detect(rank, world_size)
+        check_num_epochs(num_epochs)
+        self.stream, world = open_stream(
+            ds_or_url, columns, filter, predicate, batch_size, shuffle=shuffle, seed=seed, remainder=remainder,
+            drop_last=drop_last, rank=rank, world_size=world_size, window_bytes=window_bytes,
+            pad_variable=variable == "pad", with_row_ids=with_row_ids, version=version,
+            storage_options=storage_options)
         self.rank, self.world_size = world.rank, world.world_size
-        selection = Selection.compute(ds, filter, predicate)
-        spec = PlanSpec(batch_size, shuffle=shuffle, seed=seed, remainder=remainder, drop_last=drop_last,
-                        window_rows=_window_rows(ds, int(selection.counts.sum()), batch_size, window_bytes))
-        self.stream = PlannedStream(ds, spec, columns, selection,
-                                    pad_variable=variable == "pad", with_row_ids=with_row_ids)
+        ds = self.stream.ds
         self.variable = variable
         # Nested tensors use the jagged layout where the schema allows it (only the first dimension
         # varies): the strided layout makes torch warn, also in the main process that unpickles
@@ -215,12 +211,7 @@ class TorchDataset(IterableDataset):
         """Batches this rank yields per iteration (per epoch times ``num_epochs``)."""
         if self.num_epochs is None:
             raise TypeError("a TorchDataset with num_epochs=None has no length")
-        history = () if self._done else self._history
-        if history and history[-1].world_size == self.world_size:  # continued exactly (see resume_plan)
-            plan = self.stream.plan(self.epoch, self.world_size, history[:-1])
-            n = max(0, plan.num_batches(self.rank) - history[-1].consumed_batches)
-        else:
-            n = self.stream.plan(self.epoch, self.world_size, history).num_batches(self.rank)
+        n = self.stream.batches_left(self.epoch, self.world_size, () if self._done else self._history, self.rank)
         full = self.stream.plan(self.epoch + 1, self.world_size).num_batches(self.rank)
         return n + full * (self.num_epochs - 1)
 
@@ -261,21 +252,14 @@ class TorchDataset(IterableDataset):
         epoch, history, yielded = self._epoch, self._history, self._yielded
         if self._done and info is None:  # this process finished the epoch: the next one starts fresh
             epoch, history, yielded = epoch + 1, (), 0
-        state: dict[str, Any] = {
-            "format": STATE_FORMAT,
-            "format_version": STATE_VERSION,
-            "dataset_version": self.dataset.version,
-            "spec": self.spec.to_dict(),
-            "epoch": epoch,
-            "history": [[s.world_size, s.num_workers, s.consumed_batches] for s in history],
-            "world_size": self.world_size,
-        }
-        if info is not None:
-            state.update(worker=info.id, num_workers=info.num_workers, worker_batches=yielded,
-                         plan_worker=info.id if self._source is None or self._done else self._source)
-        else:
-            state.update(num_workers=max(1, num_workers or 1),
-                         consumed_batches=yielded if consumed_batches is None else int(consumed_batches))
+        if info is None:
+            return StreamState.rank_dict(self.dataset.version, self.spec, epoch, history, self.world_size,
+                                         num_workers or 1, yielded if consumed_batches is None else int(consumed_batches))
+        state = StreamState.rank_dict(self.dataset.version, self.spec, epoch, history, self.world_size,
+                                      info.num_workers, 0)
+        del state["consumed_batches"]
+        state.update(worker=info.id, worker_batches=yielded,
+                     plan_worker=info.id if self._source is None or self._done else self._source)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -285,62 +269,16 @@ class TorchDataset(IterableDataset):
         epoch is re-planned over exactly the rows not consumed yet. A worker-level state (from
         ``StatefulDataLoader``) continues that worker exactly; it needs the same world.
         """
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise InvalidArgumentError("not a tensorstore_fs stream state")
-        if state.get("format_version") != STATE_VERSION:
-            raise InvalidArgumentError(f"stream state format_version {state.get('format_version')!r} is not supported")
-        try:  # parse everything before changing anything: a malformed state leaves the reader as it was
-            if state["dataset_version"] != self.dataset.version:
-                raise InvalidArgumentError(
-                    f"state was saved on dataset version {state['dataset_version']}, this reader has version "
-                    f"{self.dataset.version}: open the dataset with version={state['dataset_version']}"
-                )
-            saved = PlanSpec(**state["spec"])
-            if saved != self.spec:
-                raise InvalidArgumentError(f"state was saved with {saved}, this reader uses {self.spec}")
-            history = tuple(Segment(*h) for h in state["history"])
-            epoch = _state_int(state, "epoch", 0)
-            world_size, num_workers = _state_int(state, "world_size", 1), _state_int(state, "num_workers", 1)
-            if "worker" in state:
-                worker, batches = _state_int(state, "worker", 0), _state_int(state, "worker_batches", 0)
-                source = _state_int(state, "plan_worker", 0) if "plan_worker" in state else worker
-            else:
-                consumed = _state_int(state, "consumed_batches", 0)
-                if consumed:  # a segment that consumed nothing changes nothing (and must not reshuffle the rest)
-                    history += (Segment(world_size, num_workers, consumed),)
-        except InvalidArgumentError:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidArgumentError(f"malformed tensorstore_fs stream state ({type(e).__name__}: {e})") from None
-        if "worker" in state:
+        # parsed in full before anything changes: a malformed state leaves the reader as it was
+        parsed = StreamState.parse(dict(state) if isinstance(state, Mapping) else state, self.dataset.version, self.spec)
+        self._skip, self._yielded, self._done, self._source = 0, 0, False, None
+        if parsed.worker is not None:
             info = get_worker_info()
             here = (info.id, info.num_workers) if info is not None else (0, 1)
-            if (worker, num_workers) != here or world_size != self.world_size:
+            if (parsed.worker, parsed.num_workers) != here or parsed.world_size != self.world_size:
                 raise InvalidArgumentError(
-                    f"worker state of worker {worker}/{num_workers} (world {world_size}) "
+                    f"worker state of worker {parsed.worker}/{parsed.num_workers} (world {parsed.world_size}) "
                     f"cannot restore worker {here[0]}/{here[1]} (world {self.world_size}); use a rank-level state"
                 )
-            self._epoch, self._history, self._skip, self._yielded, self._done = epoch, history, batches, 0, False
-            self._source = source
-            return
-        self._epoch, self._history, self._skip, self._yielded, self._done = epoch, history, 0, 0, False
-        self._source = None
-
-
-def _state_int(state: Mapping[str, Any], key: str, minimum: int) -> int:
-    v = state[key]
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
-        raise InvalidArgumentError(f"stream state {key!r} must be an int >= {minimum}, got {v!r}")
-    return int(v)
-
-
-def _window_rows(ds: Dataset, eligible_rows: int, batch_size: int, window_bytes: int) -> int:
-    """Rows of a worker window: ``window_bytes`` worth of rows, but at most 1/8 of the eligible
-    rows so that small datasets still spread over workers; a multiple of the batch size. Depends
-    only on the dataset, the filter and the arguments (never on the world), so resumed runs agree."""
-    if not isinstance(window_bytes, int) or window_bytes < 1:
-        raise InvalidArgumentError(f"window_bytes must be a positive int, got {window_bytes!r}")
-    row_bytes = max(1, ds.nbytes // max(1, len(ds)))
-    by_bytes = max(1, window_bytes // max(1, row_bytes * batch_size))
-    by_share = max(1, eligible_rows // (8 * batch_size))
-    return int(min(by_bytes, by_share) * batch_size)
+            self._skip, self._source = parsed.worker_batches, parsed.plan_worker
+        self._epoch, self._history = parsed.epoch, parsed.history

@@ -1,0 +1,354 @@
+"""tf.data adapter: the same plan, shuffle, filter and resume engine as the PyTorch adapter.
+
+>>> from tensorstore_fs.readers.tf import make_tf_dataset
+>>> ds = make_tf_dataset("/data/train", columns=["image", "label"], batch_size=256, shuffle=True)
+>>> ds = ds.map(lambda b: (b["image"], b["label"])).prefetch(tf.data.AUTOTUNE)
+>>> model.fit(ds, epochs=10)          # every pass over ``ds`` reads the next epoch's order
+
+Sharding is done by the plan — each rank (``rank=``/``world_size=`` or a
+``tf.distribute.InputContext``) reads only its own rows — never by ``Dataset.shard``, which reads
+everything and keeps a fraction. ``num_workers=k`` reads k plan workers in parallel threads and
+interleaves their batches round-robin, exactly as a PyTorch DataLoader with k workers does, so the
+two adapters yield the same rows in the same order for the same arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ..dataset import Dataset
+from ..errors import InvalidArgumentError
+from ..plan import PlanSpec
+from ..predicates import Predicate
+from ..schema import Field
+from ..stream import (
+    DEFAULT_WINDOW_BYTES,
+    PAD_COLUMN,
+    ROW_ID_COLUMN,
+    PlannedStream,
+    StreamState,
+    check_num_epochs,
+    open_stream,
+)
+
+__all__ = ["TFReader", "make_tf_dataset"]
+
+logger = logging.getLogger(__name__)
+
+VARIABLE_MODES = ("ragged", "pad")
+VALID_SUFFIX = "__valid"
+
+
+@dataclass(frozen=True)
+class _Ragged:
+    """How one variable-shape field travels: flat values plus one row-length vector per
+    variable dimension (fixed dimensions become uniform row partitions in the graph)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: tf.DType
+
+    @property
+    def last_variable(self) -> int:
+        return max(i for i, d in enumerate(self.shape) if d is None)
+
+    @property
+    def inner(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.shape[self.last_variable + 1:])
+
+    def components(self, rows: list[np.ndarray | None], np_dtype: np.dtype) -> dict[str, np.ndarray]:
+        """Numpy components of a batch of rows (a null row is an empty tensor)."""
+        j = self.last_variable
+        shapes = np.array([[0 if d is None else d for d in self.shape] if r is None else r.shape for r in rows],
+                          dtype=np.int64).reshape(len(rows), len(self.shape))
+        parts = [r.reshape(-1) for r in rows if r is not None and r.size]
+        flat = np.concatenate(parts) if parts else np.zeros(0, np_dtype)
+        out = {self.name: flat.astype(np_dtype, copy=False).reshape((-1,) + self.inner)}
+        for k in range(j + 1):
+            if self.shape[k] is None:  # lengths of dimension k, once per element of the levels above
+                repeats = np.prod(shapes[:, :k], axis=1) if k else np.ones(len(rows), np.int64)
+                out[f"{self.name}/{k}"] = np.repeat(shapes[:, k], repeats)
+        return out
+
+    def signature(self) -> dict[str, tf.TensorSpec]:
+        sig = {self.name: tf.TensorSpec((None,) + self.inner, self.dtype)}
+        sig.update({f"{self.name}/{k}": tf.TensorSpec((None,), tf.int64)
+                    for k in range(self.last_variable + 1) if self.shape[k] is None})
+        return sig
+
+    def assemble(self, parts: Mapping[str, tf.Tensor]) -> tf.RaggedTensor:
+        rt = parts[self.name]
+        for k in range(self.last_variable, -1, -1):
+            if self.shape[k] is None:
+                rt = tf.RaggedTensor.from_row_lengths(rt, parts[f"{self.name}/{k}"], validate=False)
+            else:
+                rt = tf.RaggedTensor.from_uniform_row_length(rt, self.shape[k], validate=False)
+        return rt
+
+
+def _tf_dtype(f: Field) -> tf.DType:
+    return tf.string if f.dtype in ("string", "bytes") else tf.as_dtype(f.numpy_dtype)
+
+
+class TFReader:
+    """A planned, resumable source of ``tf.data`` batches (see :func:`make_tf_dataset`).
+
+    Parameters
+    ----------
+    ds_or_url, columns, filter, predicate, batch_size, shuffle, seed, num_epochs, remainder, drop_last
+        As in :class:`tensorstore_fs.readers.torch.TorchDataset`.
+    rank, world_size : int, optional
+        This reader's share of the world (detected from ``RANK``/``WORLD_SIZE`` when omitted).
+    input_context : tf.distribute.InputContext, optional
+        From ``strategy.distribute_datasets_from_function``: its input pipeline id and count are
+        the rank and world size. Batch sizes stay per replica: pass
+        ``input_context.get_per_replica_batch_size(global_batch)`` as ``batch_size``.
+    num_workers : int
+        Plan workers read in parallel threads and interleaved round-robin (the order of a PyTorch
+        DataLoader with that many workers).
+    variable : {"ragged", "pad"}
+        Variable-shape fields as ``tf.RaggedTensor`` (default) or zero-padded plus ``<name>__shape``.
+    window_bytes, with_row_ids, version, storage_options
+        As in ``TorchDataset``.
+
+    Notes
+    -----
+    Each pass over :meth:`dataset` reads the next ``num_epochs`` epochs (so Keras ``fit(epochs=N)``
+    sees a new order every epoch). Nullable fields arrive filled with zeros / empty strings plus a
+    boolean ``<name>__valid``; ``remainder="pad"`` adds the boolean ``__pad__``.
+    """
+
+    def __init__(
+        self,
+        ds_or_url: Dataset | str,
+        columns: Sequence[str] | None = None,
+        filter: Any = None,
+        predicate: Predicate | None = None,
+        batch_size: int = 256,
+        shuffle: bool = False,
+        seed: int = 0,
+        num_epochs: int | None = 1,
+        remainder: str = "drop",
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        input_context: Any = None,
+        *,
+        num_workers: int = 1,
+        variable: str = "ragged",
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+        with_row_ids: bool = False,
+        version: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if variable not in VARIABLE_MODES:
+            raise InvalidArgumentError(f"variable must be one of {VARIABLE_MODES}, got {variable!r}")
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
+            raise InvalidArgumentError(f"num_workers must be a positive int, got {num_workers!r}")
+        check_num_epochs(num_epochs)
+        if input_context is not None:
+            if rank is not None or world_size is not None:
+                raise InvalidArgumentError("pass input_context= or rank=/world_size=, not both")
+            rank, world_size = input_context.input_pipeline_id, input_context.num_input_pipelines
+        self.stream, world = open_stream(
+            ds_or_url, columns, filter, predicate, batch_size, shuffle=shuffle, seed=seed, remainder=remainder,
+            drop_last=drop_last, rank=rank, world_size=world_size, window_bytes=window_bytes,
+            pad_variable=variable == "pad", with_row_ids=with_row_ids, version=version,
+            storage_options=storage_options)
+        self.rank, self.world_size = world.rank, world.world_size
+        self.num_workers = num_workers
+        self.num_epochs = num_epochs
+        self.variable = variable
+        schema = self.stream.ds.schema
+        self._fields = [schema.field(c) for c in self.stream.columns]
+        self._ragged = {f.name: _Ragged(f.name, f.shape, _tf_dtype(f))
+                        for f in self._fields if f.is_variable and variable == "ragged"}
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._history: tuple = ()
+        self._passes = [0] * num_workers  # passes over the tf.data.Dataset each worker thread started
+        self._streams = [copy.copy(self.stream) for _ in range(num_workers)]  # own files per thread
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def dataset_version(self) -> int:
+        return self.stream.ds.version
+
+    @property
+    def spec(self) -> PlanSpec:
+        return self.stream.spec
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next pass over the dataset starts with."""
+        return self._epoch + max(self._passes) * self._epochs_per_pass
+
+    @property
+    def _epochs_per_pass(self) -> int:
+        return self.num_epochs if self.num_epochs is not None else 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass start ``epoch`` from its beginning."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise InvalidArgumentError(f"epoch must be a non-negative int, got {epoch!r}")
+        with self._lock:
+            self._epoch, self._history, self._passes = epoch, (), [0] * self.num_workers
+
+    def __len__(self) -> int:
+        """Batches the next pass yields for this rank."""
+        if self.num_epochs is None:
+            raise TypeError("a TFReader with num_epochs=None has no length")
+        e = self.epoch
+        history = self._history if not any(self._passes) else ()
+        first = self.stream.batches_left(e, self.world_size, history, self.rank)
+        full = self.stream.plan(e + 1, self.world_size).num_batches(self.rank)
+        return first + full * (self.num_epochs - 1)
+
+    # -- element spec -----------------------------------------------------------------------------
+    def _signature(self) -> dict[str, tf.TensorSpec]:
+        """What the Python generator yields (ragged fields as their components)."""
+        sig: dict[str, tf.TensorSpec] = {}
+        for f in self._fields:
+            if f.name in self._ragged:
+                sig.update(self._ragged[f.name].signature())
+            else:
+                sig[f.name] = tf.TensorSpec((None,) + tuple(f.shape), _tf_dtype(f))
+                if f.is_variable:  # variable="pad"
+                    sig[f.name + "__shape"] = tf.TensorSpec((None, len(f.shape)), tf.int64)
+            if f.nullable:
+                sig[f.name + VALID_SUFFIX] = tf.TensorSpec((None,), tf.bool)
+        if self.spec.remainder == "pad":
+            sig[PAD_COLUMN] = tf.TensorSpec((None,), tf.bool)
+        if self.stream.with_row_ids:
+            sig[ROW_ID_COLUMN] = tf.TensorSpec((None,), tf.int64)
+        return sig
+
+    def _assemble(self, parts: dict[str, tf.Tensor]) -> dict[str, Any]:
+        """Ragged fields from their components, keeping the keys in the generator's order."""
+        out: dict[str, Any] = {}
+        for key, value in parts.items():
+            name = key.split("/", 1)[0]
+            if name not in self._ragged:
+                out[key] = value
+            elif name not in out:
+                out[name] = self._ragged[name].assemble(parts)
+        return out
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _convert(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in self._fields:
+            v = batch[f.name]
+            valid = None
+            if f.name in self._ragged:
+                out.update(self._ragged[f.name].components(v, f.numpy_dtype))
+                if f.nullable:
+                    valid = np.array([r is not None for r in v], dtype=bool)
+            elif isinstance(v, np.ma.MaskedArray):
+                mask = np.ma.getmaskarray(v)
+                valid = ~mask.reshape(mask.shape[0], -1).any(axis=1)
+                out[f.name] = np.asarray(v.filled(0))
+            elif v.dtype == object and f.nullable:
+                valid = np.array([x is not None for x in v], dtype=bool)
+                empty = "" if f.dtype == "string" else b""
+                out[f.name] = np.array([empty if x is None else x for x in v], dtype=object)
+            else:
+                out[f.name] = v
+            if f.is_variable and f.name not in self._ragged:
+                out[f.name + "__shape"] = batch[f.name + "__shape"]
+            if f.nullable:
+                out[f.name + VALID_SUFFIX] = np.ones(len(v), dtype=bool) if valid is None else valid
+        for k in (PAD_COLUMN, ROW_ID_COLUMN):
+            if k in batch:
+                out[k] = batch[k]
+        return out
+
+    def _generate(self, worker: Any) -> Iterator[dict[str, Any]]:
+        w = int(worker)
+        with self._lock:
+            n = self._passes[w]
+            self._passes[w] += 1
+            history = self._history if n == 0 else ()
+        stream: PlannedStream = self._streams[w]
+        first = self._epoch + n * self._epochs_per_pass
+        epochs = range(first, first + self.num_epochs) if self.num_epochs is not None else _count(first)
+        for epoch in epochs:
+            plan, source, skip, _ = stream.resume_plan(epoch, self.world_size, history, self.rank, w, self.num_workers)
+            history = ()
+            for batch in stream.iter_worker(plan, self.rank, source, self.num_workers, skip):
+                yield self._convert(batch)
+
+    def dataset(self) -> tf.data.Dataset:
+        """The ``tf.data.Dataset`` of batches (dicts of tensors, ``element_spec`` from the schema)."""
+        sig = self._signature()
+        if self.num_workers == 1:
+            ds = tf.data.Dataset.from_generator(self._generate, args=(0,), output_signature=sig)
+        else:
+            ds = tf.data.Dataset.range(self.num_workers).interleave(
+                lambda w: tf.data.Dataset.from_generator(self._generate, args=(w,), output_signature=sig),
+                cycle_length=self.num_workers, block_length=1, num_parallel_calls=self.num_workers,
+                deterministic=True)
+        if self._ragged:
+            ds = ds.map(self._assemble)
+        if self.num_epochs is not None and not self._history:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(len(self)))
+        return ds
+
+    # -- resume -----------------------------------------------------------------------------------
+    def state_dict(self, consumed_batches: int) -> dict[str, Any]:
+        """A small, JSON-ready state: ``consumed_batches`` of the current pass were used.
+
+        tf.data prefetches, so only the training loop knows what it consumed: count the steps.
+        The state is the same as ``TorchDataset``'s rank-level state, so either adapter resumes it.
+        """
+        if not isinstance(consumed_batches, int) or consumed_batches < 0:
+            raise InvalidArgumentError(f"consumed_batches must be a non-negative int, got {consumed_batches!r}")
+        passes = max(self._passes)
+        epoch = self._epoch + max(0, passes - 1) * self._epochs_per_pass
+        history = self._history if passes <= 1 else ()
+        for _ in range(consumed_batches + 1):  # roll over the epochs of this pass it completed
+            left = self.stream.batches_left(epoch, self.world_size, history, self.rank)
+            if consumed_batches == 0 or consumed_batches < left:
+                break
+            consumed_batches -= left
+            epoch, history = epoch + 1, ()
+        return StreamState.rank_dict(self.dataset_version, self.spec, epoch, history, self.world_size,
+                                     self.num_workers, consumed_batches)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a rank-level state (ours or ``TorchDataset``'s): the same world and worker
+        count continue exactly; another world size or worker count re-plans the rest of the epoch."""
+        parsed = StreamState.parse(dict(state) if isinstance(state, Mapping) else state,
+                                   self.dataset_version, self.spec)
+        if parsed.worker is not None:
+            raise InvalidArgumentError("a DataLoader worker's state cannot resume a tf.data reader; "
+                                       "save a rank-level state (TorchDataset.state_dict outside workers)")
+        with self._lock:
+            self._epoch, self._history, self._passes = parsed.epoch, parsed.history, [0] * self.num_workers
+
+
+def _count(start: int) -> Iterator[int]:
+    while True:
+        yield start
+        start += 1
+
+
+def make_tf_dataset(ds_or_url: Dataset | str, columns: Sequence[str] | None = None, filter: Any = None,
+                    predicate: Predicate | None = None, batch_size: int = 256, shuffle: bool = False,
+                    seed: int = 0, **kwargs: Any) -> tf.data.Dataset:
+    """A ``tf.data.Dataset`` of batches of a tensorstore_fs dataset.
+
+    Takes the arguments of :class:`TFReader` (``num_epochs``, ``remainder``, ``drop_last``,
+    ``rank``/``world_size`` or ``input_context``, ``num_workers``, ``variable``, ...). Fixed-shape
+    fields arrive as dense tensors ``(batch, *shape)``, variable-shape ones as ``tf.RaggedTensor``,
+    strings and bytes as ``tf.string``. Use :class:`TFReader` directly to save and restore the
+    position (``state_dict`` / ``load_state_dict``).
+    """
+    return TFReader(ds_or_url, columns, filter, predicate, batch_size, shuffle, seed, **kwargs).dataset()
