@@ -4,15 +4,20 @@
 
 Writes the 1,797 8x8 handwritten digits that ship inside scikit-learn (no download) as a sharded
 dataset, then reads columns, filters with row-group pruning and a reproducible train/test split,
-and finally trains a small PyTorch MLP on that split through
-``DataLoader(TorchDataset(...), batch_size=None, num_workers=2, persistent_workers=True)``.
+trains a small PyTorch MLP on that split through
+``DataLoader(TorchDataset(...), batch_size=None, num_workers=2, persistent_workers=True)``, and
+finally exports the digits to HDF5 and TFRecord and reads each back with plain h5py / tf.data code.
 Exits 1 if any check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from torch.utils.data import DataLoader
 
 import tensorstore_fs as tsfs
 from tensorstore_fs.audit import audit_epoch
+from tensorstore_fs.converters import to_hdf5, to_tfrecord
 from tensorstore_fs.readers.torch import TorchDataset
 from tensorstore_fs.scan import ScanStats
 
@@ -165,6 +171,57 @@ def train_and_evaluate(ds: tsfs.Dataset, train_ids: np.ndarray, test_ids: np.nda
     check(accuracy > MIN_ACCURACY, f"final test accuracy {accuracy:.4f} > {MIN_ACCURACY}")
 
 
+# The reading side of each export is what a user of that format writes, with no tensorstore_fs
+# import: h5py indexing, and a tf.data pipeline in a child process (TensorFlow stays out of this one).
+TF_READER = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf
+    spec = json.load(open(sys.argv[1]))
+    files, compression = sys.argv[2:], spec["compression"] or ""
+    fields = {f["name"]: f for f in spec["features"]}
+    parse_spec = {"id": tf.io.FixedLenFeature([], tf.int64), "label": tf.io.FixedLenFeature([], tf.int64),
+                  "image": tf.io.FixedLenFeature([], tf.string)}
+    def parse(record):
+        ex = tf.io.parse_single_example(record, parse_spec)
+        image = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), fields["image"]["shape"])
+        return ex["id"], ex["label"], image
+    ids, labels, images = [], [], []
+    for i, l, im in tf.data.TFRecordDataset(files, compression_type=compression).map(parse).batch(512):
+        ids.append(i.numpy()); labels.append(l.numpy()); images.append(im.numpy())
+    ids, labels, images = np.concatenate(ids), np.concatenate(labels), np.concatenate(images)
+    print(json.dumps({"rows": len(ids), "id_sum": int(ids.sum()), "label_sum": int(labels.sum()),
+                      "image_sum": int(images.astype(np.int64).sum()), "image_shape": list(images.shape[1:])}))
+""")
+
+
+def export_and_read_back(ds: tsfs.Dataset, data: dict, out: Path, check) -> None:
+    import h5py
+
+    h5_path = to_hdf5(ds, out / "digits.h5", compression="gzip", overwrite=True)
+    with h5py.File(h5_path, "r") as f:
+        image, label = f["image"], f["label"]
+        print(f"  HDF5 {h5_path}: image {image.dtype}{image.shape} chunks {image.chunks}, gzip")
+        check(np.array_equal(image[:], data["image"]) and np.array_equal(label[:], data["label"]),
+              "h5py reads back every image and label")
+        nz = f["nonzero"]
+        i = 1234
+        row = nz["values"][nz["offsets"][i]:nz["offsets"][i + 1]].reshape(nz["shapes"][i])
+        check(np.array_equal(row, data["nonzero"][i]), "h5py rebuilds variable-shape row 1234 from offsets/shapes")
+    export = to_tfrecord(ds, out / "tfrecord", shards=3, compression="GZIP", overwrite=True)
+    print(f"  TFRecord: {len(export.paths)} GZIP shards + {Path(export.spec_path).name}")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    proc = subprocess.run([sys.executable, "-c", TF_READER, export.spec_path, *export.paths],
+                          capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0:
+        check(False, f"tf.data reads the TFRecord export (exit {proc.returncode}: {proc.stderr[-500:]})")
+        return
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = {"rows": len(data["id"]), "id_sum": int(data["id"].sum()), "label_sum": int(data["label"].sum()),
+            "image_sum": int(data["image"].astype(np.int64).sum()), "image_shape": [8, 8]}
+    check(got == want, f"tf.data.TFRecordDataset(...).map(parse) reads back {got['rows']} rows: ids, labels and "
+          f"images match (sums {got['id_sum']}, {got['label_sum']}, {got['image_sum']})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write, read back, check; return the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -234,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(d) train an MLP on the split, {EPOCHS} epochs, DataLoader(TorchDataset(...), num_workers=2, "
           "persistent_workers=True)")
     train_and_evaluate(ds, train, test, check)
+
+    print("(e) export to HDF5 and TFRecord, read back without tensorstore_fs")
+    export_and_read_back(ds, data, Path(args.out), check)
 
     print("all checks passed" if not failures else f"{len(failures)} check(s) FAILED")
     return 1 if failures else 0

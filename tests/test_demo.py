@@ -68,6 +68,11 @@ def check_output(stdout: str, version: int) -> None:
     assert "[ok] each epoch's train order differs from the previous one" in stdout
     assert f"[ok] final test accuracy {accuracy:.4f} > 0.9" in stdout
 
+    # (e) exports read back by plain h5py and by a tf.data pipeline in a child process
+    assert "[ok] h5py reads back every image and label" in stdout
+    assert "[ok] h5py rebuilds variable-shape row 1234 from offsets/shapes" in stdout
+    assert "[ok] tf.data.TFRecordDataset(...).map(parse) reads back 1797 rows" in stdout
+
 
 def test_demo_runs_and_reruns(tmp_path: Path) -> None:
     first = run_demo(tmp_path)
