@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: venv test demo bench clean
 
@@ -12,6 +13,10 @@ $(STAMP): pyproject.toml requirements/constraints-dev.txt
 	$(PY) -m pip install --quiet -c requirements/constraints-dev.txt -e ".[dev]"
 	touch $(STAMP)
 
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c requirements/constraints-dev.txt -e ".[bench]"
+	touch $(BENCH_STAMP)
+
 venv: $(STAMP)
 
 test: $(STAMP)
@@ -20,7 +25,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py --out build/demo
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_loader.py
 
