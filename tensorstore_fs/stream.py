@@ -132,6 +132,36 @@ def _merge_pieces(pieces: list[int], max_rows: int) -> list[list[int]]:
     return reads
 
 
+def _group_batches(batches: list[tuple[np.ndarray, np.ndarray]], chunk_rows: int
+                   ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Consecutive batches of equal size grouped up to ``chunk_rows`` rows (each group at least
+    one batch), so a group reshapes to ``(batches, batch size, ...)``."""
+    if chunk_rows <= 0:
+        return [[b] for b in batches]
+    groups: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    rows = 0
+    for b in batches:
+        if groups and rows + len(b[0]) <= chunk_rows and len(b[0]) == len(groups[-1][0][0]):
+            groups[-1].append(b)
+            rows += len(b[0])
+        else:
+            groups.append([b])
+            rows = len(b[0])
+    return groups
+
+
+ALIGN = 64  # bytes: what TensorFlow needs to use a buffer without copying (and cache-line friendly)
+
+
+def _aligned_empty(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(owner, array)``: an uninitialised ``array`` of ``shape`` starting on an ``ALIGN``-byte
+    boundary inside the byte buffer ``owner``."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + ALIGN, np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    return buf, buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
 class _RecyclingPool:
     """Batch arrays reused once nothing outside the pool refers to them any more.
 
@@ -143,28 +173,34 @@ class _RecyclingPool:
 
     def __init__(self, per_shape: int = 4) -> None:
         self.per_shape = per_shape
-        self._free: dict[tuple, list[np.ndarray]] = {}
-        self._idle = self._idle_refcount()
+        self._free: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._idle = self._idle_refcounts()
 
     @staticmethod
-    def _idle_refcount() -> int:
-        """The reference count an array held only by the pool shows in :meth:`empty`'s loop,
-        measured on this interpreter (3 on CPython up to 3.13; interpreters that borrow loop
-        references report less, and a held array must never look idle)."""
-        probe = [np.empty(0)]
-        for arr in probe:
-            return sys.getrefcount(arr)
+    def _idle_refcounts() -> tuple[int, int]:
+        """The reference counts of an entry held only by the pool, as :meth:`empty`'s loop sees
+        them, measured on this interpreter (interpreters that borrow loop references report
+        less, and a held array must never look idle). An entry is the owning buffer and its
+        aligned view: a consumer holding the view shows on the view, one holding a view of the
+        view shows on the buffer (numpy points every view at the owner)."""
+        owner = np.empty(ALIGN, np.uint8)
+        probe = [(owner, owner[:0])]
+        del owner
+        for buf, arr in probe:
+            return sys.getrefcount(buf), sys.getrefcount(arr)
         raise AssertionError("unreachable")
 
     def empty(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        arrays = self._free.setdefault((shape, np.dtype(dtype).str), [])
-        for arr in arrays:
-            if sys.getrefcount(arr) == self._idle:  # nobody but the pool holds it
+        """An ``ALIGN``-byte aligned array of ``shape``: a recycled one nobody holds, else a new one."""
+        dtype = np.dtype(dtype)
+        entries = self._free.setdefault((shape, dtype.str), [])
+        for buf, arr in entries:
+            if (sys.getrefcount(buf), sys.getrefcount(arr)) == self._idle:  # nobody but the pool holds it
                 return arr
-        arr = np.empty(shape, dtype=dtype)
-        if len(arrays) < self.per_shape:
-            arrays.append(arr)
-        return arr
+        entry = _aligned_empty(shape, dtype)
+        if len(entries) < self.per_shape:
+            entries.append(entry)
+        return entry[1]
 
 
 UNIT_CACHE = 6  # decoded row groups kept per worker (windows share their boundary row groups)
@@ -309,6 +345,11 @@ class PlannedStream:
         self._files_pid: int | None = None
         self._pool = _RecyclingPool()
 
+    @property
+    def read_rows(self) -> int:
+        """Rows of one contiguous read (about ``READ_BYTES``): a good chunk size for ``iter_chunks``."""
+        return self._read_rows
+
     def plan(self, epoch: int, world_size: int, history: Sequence[Segment] = ()) -> EpochPlan:
         return EpochPlan(self.selection.counts, self.spec, epoch, world_size, history)
 
@@ -370,17 +411,31 @@ class PlannedStream:
         ``keep_open`` keeps the shard files (memory maps) open for the next epoch, which saves
         mapping them again; DataLoader workers close them at the end of each epoch instead, so
         their resident memory does not accumulate file pages epoch after epoch."""
+        for batch, _ in self.iter_chunks(plan, rank, worker, num_workers, skip, keep_open=keep_open):
+            yield batch
+
+    def iter_chunks(self, plan: EpochPlan, rank: int, worker: int, num_workers: int, skip: int = 0, *,
+                    keep_open: bool = True, chunk_rows: int = 0) -> Iterator[tuple[dict[str, Any], list[int]]]:
+        """Like :meth:`iter_worker`, but consecutive batches of equal size come decoded together:
+        ``(chunk, batch sizes)`` with up to ``chunk_rows`` rows a chunk (never splitting a batch;
+        ``0``: one batch a chunk). Frameworks that slice batches cheaply themselves (tf.data)
+        cross the Python boundary once per chunk instead of once per batch."""
         files = self._process_files()
         cache: dict[int, _Unit] = {}
         try:
             for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
-                sizes = [len(ids) for ids, _ in batches]
+                groups = _group_batches(batches, chunk_rows)
+                sizes = [sum(len(ids) for ids, _ in g) for g in groups]
                 if contiguous:
                     tables = self._contiguous(files, int(batches[0][0][0]), sizes)
                 else:
                     tables = self._gathered(files, cache, np.concatenate([ids for ids, _ in batches]), sizes)
-                for (ids, pad), table in zip(batches, tables):
-                    yield self._decode(table, ids, pad)
+                for group, table in zip(groups, tables):
+                    if len(group) == 1:
+                        ids, pad = group[0]
+                    else:
+                        ids, pad = (np.concatenate(parts) for parts in zip(*group))
+                    yield self._decode(table, ids, pad), [len(i) for i, _ in group]
         finally:
             if not keep_open:
                 cache.clear()

@@ -23,7 +23,19 @@ def test_pool_never_hands_out_a_held_array():
     assert not np.shares_memory(c, view)  # a view keeps its base alive, so still not reused
     del view, b, c
     first = pool.empty((4, 3), np.float32)
-    assert any(first is x for x in pool._free[((4, 3), np.dtype(np.float32).str)])  # reused once free
+    assert any(first is arr for _, arr in pool._free[((4, 3), np.dtype(np.float32).str)])  # reused once free
+
+
+def test_pool_arrays_are_aligned_and_views_of_views_count():
+    pool = _RecyclingPool()
+    a = pool.empty((5, 7), np.uint8)
+    assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
+    row = a[2][1:]  # numpy points this view at the owning buffer, not at ``a``
+    del a
+    b = pool.empty((5, 7), np.uint8)
+    assert not np.shares_memory(b, row)
+    del row, b
+    assert pool.empty((5, 7), np.uint8).ctypes.data % 64 == 0
 
 
 def test_batches_kept_by_the_consumer_stay_intact(tmp_path):

@@ -175,6 +175,8 @@ class TFReader:
         self._history: tuple = ()
         self._passes = [0] * num_workers  # passes over the tf.data.Dataset each worker thread started
         self._streams = [copy.copy(self.stream) for _ in range(num_workers)]  # own files per thread
+        self._iters: list[Iterator[dict[str, Any]] | None] = [None] * num_workers
+        self._sig = self._signature()
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -270,33 +272,88 @@ class TFReader:
                 out[k] = batch[k]
         return out
 
-    def _generate(self, worker: Any) -> Iterator[dict[str, Any]]:
-        w = int(worker)
+    def _generate(self, worker: int) -> Iterator[tuple[dict[str, Any], list[int]]]:
+        """One pass of plan worker ``worker``: ``(chunk of consecutive batches, batch sizes)``."""
         with self._lock:
-            n = self._passes[w]
-            self._passes[w] += 1
+            n = self._passes[worker]
+            self._passes[worker] += 1
             history = self._history if n == 0 else ()
-        stream: PlannedStream = self._streams[w]
+        stream: PlannedStream = self._streams[worker]
         first = self._epoch + n * self._epochs_per_pass
         epochs = range(first, first + self.num_epochs) if self.num_epochs is not None else _count(first)
+        chunk_rows = max(1, stream.read_rows // self.spec.batch_size) * self.spec.batch_size
         for epoch in epochs:
-            plan, source, skip, _ = stream.resume_plan(epoch, self.world_size, history, self.rank, w, self.num_workers)
+            plan, source, skip, _ = stream.resume_plan(epoch, self.world_size, history, self.rank, worker,
+                                                       self.num_workers)
             history = ()
-            for batch in stream.iter_worker(plan, self.rank, source, self.num_workers, skip):
-                yield self._convert(batch)
+            for chunk, sizes in stream.iter_chunks(plan, self.rank, source, self.num_workers, skip,
+                                                   chunk_rows=chunk_rows):
+                yield self._convert(chunk), sizes
+
+    def _fetch(self, worker: Any, index: Any) -> list[tf.Tensor]:
+        """py_function body: the next chunk of plan worker ``worker`` as tensors, its batch sizes
+        and a "more" flag. Index 0 starts a new pass (the next epoch); an exhausted pass returns
+        empty tensors and False."""
+        w = int(worker)
+        if int(index) == 0:
+            self._iters[w] = self._generate(w)
+        item = next(self._iters[w], None) if self._iters[w] is not None else None
+        if item is None:
+            self._iters[w] = None
+            empty = [tf.zeros((0,) + tuple(s.shape[1:]), s.dtype) for s in self._sig.values()]
+            return empty + [tf.zeros((0,), tf.int64), tf.constant(False)]
+        chunk, sizes = item
+        tensors = [_to_tensor(chunk[k], s.dtype) for k, s in self._sig.items()]
+        return tensors + [tf.constant(sizes, tf.int64), tf.constant(True)]
+
+    def _worker_dataset(self, worker: Any) -> tf.data.Dataset:
+        """Plan worker ``worker``'s batches: chunks of equal-size batches cross from Python in one
+        call, and ``unbatch`` cuts them inside tf.data."""
+        sig = self._sig
+        dtypes = [s.dtype for s in sig.values()] + [tf.int64, tf.bool]
+
+        @tf.autograph.experimental.do_not_convert
+        def fetch(index: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+            out = tf.py_function(self._fetch, [worker, index], dtypes)
+            chunk = {}
+            for (k, s), t in zip(sig.items(), out):
+                t.set_shape(s.shape)
+                chunk[k] = t
+            out[-2].set_shape((None,))
+            out[-1].set_shape(())
+            return chunk, out[-2], out[-1]
+
+        @tf.autograph.experimental.do_not_convert
+        def has_more(chunk: dict, sizes: tf.Tensor, more: tf.Tensor) -> tf.Tensor:
+            return more
+
+        @tf.autograph.experimental.do_not_convert
+        def split(chunk: dict, sizes: tf.Tensor, more: tf.Tensor) -> dict[str, Any]:
+            # a chunk holds k batches of one size b (see PlannedStream.iter_chunks): view it as
+            # (k, b, ...) and let unbatch() hand out the batches
+            k, b = tf.size(sizes, out_type=tf.int64), sizes[0]
+            out: dict[str, Any] = {}
+            for key, v in self._assemble(chunk).items():
+                if isinstance(v, tf.RaggedTensor):
+                    out[key] = tf.RaggedTensor.from_uniform_row_length(v, b, validate=False)
+                else:
+                    out[key] = tf.reshape(v, tf.concat([[k, b], tf.shape(v, out_type=tf.int64)[1:]], 0))
+                    out[key].set_shape((None, None) + tuple(v.shape[1:]))
+            return out
+
+        return tf.data.Dataset.counter().map(fetch).take_while(has_more).map(split).unbatch()
 
     def dataset(self) -> tf.data.Dataset:
-        """The ``tf.data.Dataset`` of batches (dicts of tensors, ``element_spec`` from the schema)."""
-        sig = self._signature()
+        """The ``tf.data.Dataset`` of batches (dicts of tensors, ``element_spec`` from the schema).
+
+        Batches cross into TensorFlow without a copy where TensorFlow can use the memory as it is
+        (C-contiguous, writable, 64-byte aligned: the usual case); otherwise one aligned copy."""
         if self.num_workers == 1:
-            ds = tf.data.Dataset.from_generator(self._generate, args=(0,), output_signature=sig)
+            ds = self._worker_dataset(tf.constant(0, tf.int64))
         else:
             ds = tf.data.Dataset.range(self.num_workers).interleave(
-                lambda w: tf.data.Dataset.from_generator(self._generate, args=(w,), output_signature=sig),
-                cycle_length=self.num_workers, block_length=1, num_parallel_calls=self.num_workers,
-                deterministic=True)
-        if self._ragged:
-            ds = ds.map(self._assemble)
+                self._worker_dataset, cycle_length=self.num_workers, block_length=1,
+                num_parallel_calls=self.num_workers, deterministic=True)
         if self.num_epochs is not None and not self._history:
             ds = ds.apply(tf.data.experimental.assert_cardinality(len(self)))
         return ds
@@ -332,6 +389,23 @@ class TFReader:
                                        "save a rank-level state (TorchDataset.state_dict outside workers)")
         with self._lock:
             self._epoch, self._history, self._passes = parsed.epoch, parsed.history, [0] * self.num_workers
+
+
+ALIGN = 64  # TensorFlow kernels require EIGEN_MAX_ALIGN_BYTES-aligned buffers (they abort otherwise)
+
+
+def _to_tensor(a: np.ndarray, dtype: tf.DType) -> tf.Tensor:
+    """A numpy batch column as a tensor: zero-copy through DLPack when TensorFlow may use the
+    memory as it is, else one copy into an aligned buffer (strings: ``tf.constant``)."""
+    if a.dtype == object or a.size == 0:
+        return tf.constant(a.tolist() if a.dtype == object else a, dtype=dtype, shape=a.shape)
+    if not (a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % ALIGN == 0):
+        buf = np.empty(a.nbytes + ALIGN, np.uint8)
+        start = -buf.ctypes.data % ALIGN
+        out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+        np.copyto(out, a)
+        a = out
+    return tf.experimental.dlpack.from_dlpack(a.__dlpack__())
 
 
 def _count(start: int) -> Iterator[int]:
