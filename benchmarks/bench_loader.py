@@ -31,7 +31,8 @@ untimed ones; every batch consumed: each tensor's length checked and one element
 
 Peak RSS: the phase process's ``VmHWM`` reset after setup (``/proc/self/clear_refs``), plus the
 ``VmHWM`` of its DataLoader workers read at the end (workers are forked: shared pages are counted
-once per process, so for k > 0 this is an upper bound; the sampled peak PSS sum is in the JSON).
+once per process, so for k > 0 this is an upper bound). PSS is sampled only in the memory phase:
+reading ``smaps`` while timing would stall loaders that map memory.
 
 Usage::
 
@@ -358,7 +359,9 @@ def phase(task: dict[str, Any]) -> dict[str, Any]:
         # load; the reference's decoded row group adds ~1 row group to this phase's peak RSS.
         raw = raw_batches(task["files"])
         rss = PeakRSS()
-        rss.start_sampling()
+        # no PSS sampling while timing: reading smaps walks the page tables under the mm lock,
+        # which stalls loaders that map memory (tsfs workers hand batches over as file maps);
+        # the memory phase samples PSS instead
         for _ in range(task["warmup"]):
             consume(raw())
             consume(loader)
@@ -710,8 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         f"phase (median {raw_med_rps:,.0f} rows/s; the paired reference medians ranged {paired_lo:,.0f}–"
         f"{paired_hi:,.0f} rows/s). Ratios marked * (Petastorm rows) are vs the reference phase.",
         "- peak RSS: main-process VmHWM reset after setup + VmHWM of each DataLoader worker (forked: shared "
-        "pages counted in every process, so num_workers=2 rows are upper bounds; sampled peak PSS sum of the "
-        "process tree: " + ", ".join(f"nw={r[k]['num_workers']} {'shuf' if r[k]['shuffle'] else 'seq'} "
+        "pages counted in every process, so num_workers=2 rows are upper bounds; PSS sum of the process tree "
+        "at the end of each phase: " + ", ".join(f"nw={r[k]['num_workers']} {'shuf' if r[k]['shuffle'] else 'seq'} "
                                       f"{r[k]['pss_peak_mib']:,.0f} MiB" for k in r if k.startswith("loader_")) + ").",
         f"- memory phase: {args.epochs} epochs, persistent workers, shuffle on; first batch after "
         f"{ep['first_batch_s']:.2f} s (worker start-up); per epoch (s): "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -18,6 +17,8 @@ import pyarrow.parquet as pq
 
 from .dataset import Dataset, open_dataset
 from .encoding import decode_column, storage_columns
+from ._pool import RecyclingPool as _RecyclingPool
+from .filemap import FileRows
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
 from .pages import plain_values_offset
@@ -148,59 +149,6 @@ def _group_batches(batches: list[tuple[np.ndarray, np.ndarray]], chunk_rows: int
             groups.append([b])
             rows = len(b[0])
     return groups
-
-
-ALIGN = 64  # bytes: what TensorFlow needs to use a buffer without copying (and cache-line friendly)
-
-
-def _aligned_empty(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``(owner, array)``: an uninitialised ``array`` of ``shape`` starting on an ``ALIGN``-byte
-    boundary inside the byte buffer ``owner``."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buf = np.empty(nbytes + ALIGN, np.uint8)
-    start = -buf.ctypes.data % ALIGN
-    return buf, buf[start:start + nbytes].view(dtype).reshape(shape)
-
-
-class _RecyclingPool:
-    """Batch arrays reused once nothing outside the pool refers to them any more.
-
-    Writing into freshly allocated memory costs a page fault per 4 KiB; a gathered batch instead
-    reuses an array of the same shape whose consumer has let go of it (its reference count is
-    back to the pool's own). An array anybody still holds — a training loop keeping batches, a
-    torch tensor made from it, a view of it — is never handed out again.
-    """
-
-    def __init__(self, per_shape: int = 4) -> None:
-        self.per_shape = per_shape
-        self._free: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
-        self._idle = self._idle_refcounts()
-
-    @staticmethod
-    def _idle_refcounts() -> tuple[int, int]:
-        """The reference counts of an entry held only by the pool, as :meth:`empty`'s loop sees
-        them, measured on this interpreter (interpreters that borrow loop references report
-        less, and a held array must never look idle). An entry is the owning buffer and its
-        aligned view: a consumer holding the view shows on the view, one holding a view of the
-        view shows on the buffer (numpy points every view at the owner)."""
-        owner = np.empty(ALIGN, np.uint8)
-        probe = [(owner, owner[:0])]
-        del owner
-        for buf, arr in probe:
-            return sys.getrefcount(buf), sys.getrefcount(arr)
-        raise AssertionError("unreachable")
-
-    def empty(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """An ``ALIGN``-byte aligned array of ``shape``: a recycled one nobody holds, else a new one."""
-        dtype = np.dtype(dtype)
-        entries = self._free.setdefault((shape, dtype.str), [])
-        for buf, arr in entries:
-            if (sys.getrefcount(buf), sys.getrefcount(arr)) == self._idle:  # nobody but the pool holds it
-                return arr
-        entry = _aligned_empty(shape, dtype)
-        if len(entries) < self.per_shape:
-            entries.append(entry)
-        return entry[1]
 
 
 UNIT_CACHE = 6  # decoded row groups kept per worker (windows share their boundary row groups)
@@ -334,6 +282,9 @@ class PlannedStream:
         self.pad_variable = pad_variable
         self.with_row_ids = with_row_ids
         self._storage_cols = storage_columns(ds.schema, self.columns)
+        # file_backed: fixed-shape tensor columns of local shards come as FileRows (see filemap)
+        self.file_backed = False
+        self._chunk_offsets: dict[tuple[int, str], int | None] = {}
         refs = all_row_groups(ds.manifest)
         self._unit_shard = np.array([r.shard for r in refs], dtype=np.int64)
         self._unit_rg = np.array([r.row_group for r in refs], dtype=np.int64)
@@ -426,16 +377,25 @@ class PlannedStream:
             for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
                 groups = _group_batches(batches, chunk_rows)
                 sizes = [sum(len(ids) for ids, _ in g) for g in groups]
-                if contiguous:
-                    tables = self._contiguous(files, int(batches[0][0][0]), sizes)
+                run_ids = np.concatenate([ids for ids, _ in batches])
+                located = self._file_columns(files, run_ids) if self.file_backed else ()
+                cols = [c for c in self.columns if c not in located]
+                if not cols:
+                    tables: Iterator[Any] = iter([None] * len(groups))
+                elif contiguous:
+                    tables = self._contiguous(files, int(batches[0][0][0]), sizes, cols)
                 else:
-                    tables = self._gathered(files, cache, np.concatenate([ids for ids, _ in batches]), sizes)
+                    tables = self._gathered(files, cache, run_ids, sizes, cols)
                 for group, table in zip(groups, tables):
                     if len(group) == 1:
                         ids, pad = group[0]
                     else:
                         ids, pad = (np.concatenate(parts) for parts in zip(*group))
-                    yield self._decode(table, ids, pad), [len(i) for i, _ in group]
+                    out = self._decode(table, ids, pad, cols)
+                    if located:
+                        out.update((c, self._file_rows(c, ids)) for c in located)
+                        out = {k: out[k] for k in self._output_order(out) + [k for k in out if k.startswith("__")]}
+                    yield out, [len(i) for i, _ in group]
         finally:
             if not keep_open:
                 cache.clear()
@@ -481,6 +441,49 @@ class PlannedStream:
         if run:
             yield run_contiguous, run
 
+    # -- file-backed columns (see tensorstore_fs.filemap) ---------------------------------------
+    def _chunk_offset(self, files: _Files, u: int, name: str) -> int | None:
+        """Byte offset of row 0 of column ``name`` in row group ``u``'s file, when the chunk is
+        one plain page of a local memory-mappable file (cached; None otherwise)."""
+        key = (u, name)
+        if key not in self._chunk_offsets:
+            shard, rg = int(self._unit_shard[u]), int(self._unit_rg[u])
+            pf, source = files.get(shard), files.source(shard)
+            offset = None
+            if isinstance(source, pa.MemoryMappedFile):
+                f = self.ds.schema.field(name)
+                meta = pf.metadata.row_group(rg)
+                index = pf.schema_arrow.get_field_index(name)
+                if index >= 0:
+                    offset = plain_values_offset(source.read_at, meta.column(index), meta.num_rows, f.row_nbytes)
+            self._chunk_offsets[key] = offset
+        return self._chunk_offsets[key]
+
+    def _file_columns(self, files: _Files, ids: np.ndarray) -> tuple[str, ...]:
+        """Columns every row of ``ids`` can be located for in a file (fixed-shape, no nulls, one
+        plain page per row group)."""
+        if not len(ids):
+            return ()
+        units = np.unique(np.searchsorted(self._id_starts, ids, side="right") - 1)
+        out = []
+        for name in self.columns:
+            f = self.ds.schema.field(name)
+            if f.is_fixed_tensor and not f.nullable and f.dtype != "bool" and all(
+                    self._chunk_offset(files, int(u), name) is not None for u in units):
+                out.append(name)
+        return tuple(out)
+
+    def _file_rows(self, name: str, ids: np.ndarray) -> FileRows:
+        f = self.ds.schema.field(name)
+        units, local = self._locate(ids)
+        segs, segment = np.unique(units, return_inverse=True)
+        storage = self.ds.storage
+        return FileRows(
+            dtype=f.numpy_dtype.newbyteorder("<").str, row_shape=tuple(int(d) for d in f.shape),
+            paths=tuple(os.path.abspath(storage.path(self.ds.shards[int(self._unit_shard[u])].path)) for u in segs),
+            offsets=tuple(int(self._chunk_offsets[(int(u), name)]) for u in segs),
+            segment=segment.astype(np.int32), rows=np.asarray(local, dtype=np.int64))
+
     def _segments(self, first_id: int, total: int) -> list[tuple[int, list[int], int, int]]:
         """``(shard, row groups, rows to skip, rows to read)`` covering ids [first_id, first_id + total)."""
         u = int(np.searchsorted(self._id_starts, first_id, side="right") - 1)
@@ -501,7 +504,7 @@ class PlannedStream:
             skip = 0
         return segs
 
-    def _contiguous(self, files: _Files, first_id: int, sizes: list[int]) -> Iterator[pa.Table]:
+    def _contiguous(self, files: _Files, first_id: int, sizes: list[int], cols: list[str]) -> Iterator[pa.Table]:
         """Rows [first_id, first_id + sum(sizes)) in storage order, as exact-size batches decoded
         straight from Parquet (a batch is re-assembled only where it spans two shard files)."""
         cur, have, pending = 0, 0, []
@@ -515,7 +518,7 @@ class PlannedStream:
                 if h == sizes[c]:
                     c, h = c + 1, 0
             reads = _merge_pieces(pieces, self._read_rows)
-            it = read_batches(files.get(shard), rgs, self._storage_cols,
+            it = read_batches(files.get(shard), rgs, storage_columns(self.ds.schema, cols),
                               ([skip] if skip else []) + [sum(r) for r in reads], 1)
             try:
                 if skip:
@@ -535,22 +538,23 @@ class PlannedStream:
             finally:
                 it.close()
 
-    def _read_unit(self, files: _Files, cache: dict[int, "_Unit"], u: int) -> "_Unit":
-        if u not in cache:
+    def _read_unit(self, files: _Files, cache: dict[Any, "_Unit"], u: int, cols: list[str]) -> "_Unit":
+        key = (u, tuple(cols))
+        if key not in cache:
             if len(cache) >= UNIT_CACHE:
                 cache.pop(next(iter(cache)))
             shard, rg = int(self._unit_shard[u]), int(self._unit_rg[u])
             pf = files.get(shard)
-            direct = self._direct_views(pf, files.source(shard), rg)
-            rest = [c for c in self._storage_cols if c not in direct]
+            direct = self._direct_views(pf, files.source(shard), rg, cols)
+            rest = [c for c in storage_columns(self.ds.schema, cols) if c not in direct]
             try:
                 table = pf.read_row_group(rg, columns=rest, use_threads=True) if rest else pa.table({})
             except (pa.ArrowInvalid, OSError) as e:
                 raise CorruptDatasetError(f"{self.ds.url}: row group {u} unreadable: {e}") from None
-            cache[u] = _Unit(table, direct)
-        return cache[u]
+            cache[key] = _Unit(table, direct)
+        return cache[key]
 
-    def _direct_views(self, pf: pq.ParquetFile, source: Any, rg: int) -> dict[str, np.ndarray]:
+    def _direct_views(self, pf: pq.ParquetFile, source: Any, rg: int, cols: list[str]) -> dict[str, np.ndarray]:
         """Zero-copy views of the memory-mapped values of this row group's fixed-shape tensor
         columns, where the file holds them as one plain page (see :mod:`tensorstore_fs.pages`)."""
         if not isinstance(source, pa.MemoryMappedFile):
@@ -559,7 +563,7 @@ class PlannedStream:
         rows = meta.num_rows
         index = {pf.schema_arrow.field(i).name: i for i in range(len(pf.schema_arrow))}
         out: dict[str, np.ndarray] = {}
-        for name in self.columns:
+        for name in cols:
             f = self.ds.schema.field(name)
             if not f.is_fixed_tensor or f.nullable or name not in index:
                 continue
@@ -571,8 +575,8 @@ class PlannedStream:
             out[name] = np.frombuffer(buf, dtype=f.numpy_dtype.newbyteorder("<")).reshape((rows, *f.shape))
         return out
 
-    def _gathered(self, files: _Files, cache: dict[int, "_Unit"], ids: np.ndarray,
-                  sizes: list[int]) -> Iterator[dict[str, Any]]:
+    def _gathered(self, files: _Files, cache: dict[Any, "_Unit"], ids: np.ndarray,
+                  sizes: list[int], cols: list[str]) -> Iterator[dict[str, Any]]:
         """Rows by id in any order, decoded: read the row groups they live in, then gather.
 
         Dense fields (scalars without nulls, fixed-shape tensors without nulls) are gathered with
@@ -580,13 +584,14 @@ class PlannedStream:
         other fields go through Arrow ``take``."""
         units, local = self._locate(ids)
         needed = np.unique(units)
-        loaded = {int(u): self._read_unit(files, cache, int(u)) for u in needed}
+        loaded = {int(u): self._read_unit(files, cache, int(u), cols) for u in needed}
         pos = 0
         for n in sizes:
-            yield self._gather_batch(loaded, units[pos:pos + n], local[pos:pos + n])
+            yield self._gather_batch(loaded, units[pos:pos + n], local[pos:pos + n], cols)
             pos += n
 
-    def _gather_batch(self, loaded: dict[int, "_Unit"], units: np.ndarray, local: np.ndarray) -> dict[str, Any]:
+    def _gather_batch(self, loaded: dict[int, "_Unit"], units: np.ndarray, local: np.ndarray,
+                      cols: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         n = len(units)
         order = np.argsort(units, kind="stable")
@@ -596,7 +601,7 @@ class PlannedStream:
         cuts = np.concatenate([[0], np.flatnonzero(np.diff(units)) + 1, [n]]).astype(np.int64)
         runs = [(int(units[a]), int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
         arrow_fields = []
-        for name in self.columns:
+        for name in cols:
             f = self.ds.schema.field(name)
             views = {u: loaded[u].dense(name, f) for u in slots}
             if any(v is None for v in views.values()):
@@ -628,12 +633,13 @@ class PlannedStream:
             order += [k for k in (name, name + "__shape") if k in out]
         return order
 
-    def _decode(self, table: pa.Table | dict[str, Any], ids: np.ndarray, pad: np.ndarray) -> dict[str, Any]:
+    def _decode(self, table: pa.Table | dict[str, Any] | None, ids: np.ndarray, pad: np.ndarray,
+                cols: list[str]) -> dict[str, Any]:
         if isinstance(table, dict):
             out = table
         else:
             out = {}
-            for name in self.columns:
+            for name in cols if table is not None else ():
                 out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
         if self.spec.remainder == "pad":
             out[PAD_COLUMN] = pad

@@ -7,7 +7,7 @@ import torch
 
 import tensorstore_fs as tsfs
 from tensorstore_fs.readers.torch import TorchDataset
-from tensorstore_fs.stream import _RecyclingPool
+from tensorstore_fs._pool import RecyclingPool as _RecyclingPool
 
 
 def test_pool_never_hands_out_a_held_array():

@@ -28,6 +28,7 @@ from ..dataset import Dataset
 from ..errors import InvalidArgumentError
 from ..plan import PlanSpec, Segment
 from ..predicates import Predicate
+from ..filemap import FileRows
 from ..stream import DEFAULT_WINDOW_BYTES, StreamState, check_num_epochs, open_stream
 
 __all__ = ["TorchDataset", "to_torch"]
@@ -43,14 +44,37 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection[str] = ()) -> dict[str, Any]:
+def _file_tensor(rows: FileRows) -> torch.Tensor:
+    """A tensor of file-located rows (zero-copy copy-on-write map where the rows are consecutive)."""
+    return torch.from_numpy(rows.materialize())
+
+
+class _FileTensor:
+    """A DataLoader worker's stand-in for a tensor: pickles as the rows' location (a few hundred
+    bytes) and unpickles, in the main process, as the tensor itself."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: FileRows) -> None:
+        self.rows = rows
+
+    def __reduce__(self) -> tuple[Any, tuple[FileRows]]:
+        return _file_tensor, (self.rows,)
+
+
+def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection[str] = (),
+             defer_files: bool = False) -> dict[str, Any]:
     """Convert a decoded numpy batch to torch: arrays -> tensors (zero-copy where writable),
     masked arrays -> values plus ``<name>__valid``, strings/bytes -> lists, variable-shape lists
     -> lists of tensors or a nested tensor (``torch.jagged`` layout for the fields named in
-    ``jagged``, whose only variable dimension is the first; the strided prototype layout otherwise)."""
+    ``jagged``, whose only variable dimension is the first; the strided prototype layout otherwise),
+    file-located rows -> tensors mapped from the file (``defer_files``: stand-ins that become those
+    tensors when unpickled in the process receiving the batch)."""
     out: dict[str, Any] = {}
     for name, v in batch.items():
-        if isinstance(v, np.ma.MaskedArray):
+        if isinstance(v, FileRows):
+            out[name] = _FileTensor(v) if defer_files else _file_tensor(v)
+        elif isinstance(v, np.ma.MaskedArray):
             mask = np.ma.getmaskarray(v)
             out[name] = _tensor(np.asarray(v.filled(0)))
             out[name + "__valid"] = torch.from_numpy(~mask.reshape(mask.shape[0], -1).any(axis=1))
@@ -137,6 +161,11 @@ class TorchDataset(IterableDataset):
     with_row_ids : bool
         Add ``__row_id__``, each row's index in the dataset version (see
         :func:`tensorstore_fs.audit.audit_epoch`).
+    file_backed : bool
+        For local datasets, DataLoader workers send the location of fixed-shape tensor rows in
+        the shard files instead of the bytes, and the main process maps them itself: consecutive
+        rows become copy-on-write memory maps (no copy; writes stay private to the batch), other
+        rows are gathered there. ``False`` sends every batch through shared memory.
     """
 
     def __init__(
@@ -159,6 +188,7 @@ class TorchDataset(IterableDataset):
         with_row_ids: bool = False,
         version: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        file_backed: bool = True,
     ) -> None:
         super().__init__()
         if variable not in VARIABLE_MODES:
@@ -171,6 +201,9 @@ class TorchDataset(IterableDataset):
             storage_options=storage_options)
         self.rank, self.world_size = world.rank, world.world_size
         ds = self.stream.ds
+        # DataLoader workers send fixed-shape tensors of local shards as file locations
+        # (see tensorstore_fs.filemap); in-process reads keep their recycled copies
+        self._file_backed = file_backed and ds.storage.is_local
         self.variable = variable
         # Nested tensors use the jagged layout where the schema allows it (only the first dimension
         # varies): the strided layout makes torch warn, also in the main process that unpickles
@@ -230,9 +263,10 @@ class TorchDataset(IterableDataset):
             skip, self._skip, self._source = skip + self._skip, 0, source
             self._yielded = skip
             in_worker = info is not None
+            self.stream.file_backed = self._file_backed and in_worker
             for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip, keep_open=not in_worker):
                 self._yielded += 1
-                converted = to_torch(batch, self.variable, self._jagged)
+                converted = to_torch(batch, self.variable, self._jagged, defer_files=in_worker)
                 yield share_batch(converted) if in_worker else converted
             # Advance lazily: a worker that finished its share while other workers still read this
             # epoch must save "epoch e, all my batches" (not "epoch e + 1, nothing"), or a

@@ -1,0 +1,114 @@
+"""File-located tensor rows (tensorstore_fs.filemap): DataLoader workers send where rows are, the
+main process maps or gathers them. Values must equal the copied path exactly; writes must never
+reach the file or another batch."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import tensorstore_fs as tsfs
+from tensorstore_fs.filemap import FileRows
+from tensorstore_fs.readers.torch import TorchDataset, _FileTensor
+
+N = 700
+
+
+def image_of(ids):
+    ids = np.asarray(ids)
+    return ((ids[:, None] * 13 + np.arange(2 * 6 * 6)) % 251).astype(np.uint8).reshape(-1, 2, 6, 6)
+
+
+def emb_of(ids):
+    return (np.asarray(ids)[:, None] + np.arange(5) / 8).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("filemap") / "ds")
+    ids = np.arange(N)
+    tsfs.write_dataset(path, {"id": ids, "image": image_of(ids), "emb": emb_of(ids),
+                              "mask": (image_of(ids) > 100), "maybe": np.ma.MaskedArray(emb_of(ids), mask=False)},
+                       tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("image", "uint8", (2, 6, 6)),
+                                    tsfs.Field("emb", "float32", (5,)), tsfs.Field("mask", "bool", (2, 6, 6)),
+                                    tsfs.Field("maybe", "float32", (5,), nullable=True)]),
+                       row_group_bytes=6000, shard_bytes=30000)
+    return path
+
+
+def stream_batches(url, shuffle):
+    t = TorchDataset(url, batch_size=32, shuffle=shuffle, seed=3)
+    t.stream.file_backed = True
+    plan = t.stream.plan(0, 1)
+    return list(t.stream.iter_worker(plan, 0, 0, 1))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_located_rows_equal_the_data(url, shuffle):
+    seen = []
+    for b in stream_batches(url, shuffle):
+        assert isinstance(b["image"], FileRows) and isinstance(b["emb"], FileRows)
+        # bool tensors are bit-packed and nullable ones carry validity: those are decoded as usual
+        assert not isinstance(b["mask"], FileRows) and not isinstance(b["maybe"], FileRows)
+        ids = b["id"]
+        img = b["image"].materialize()
+        np.testing.assert_array_equal(img, image_of(ids))
+        np.testing.assert_array_equal(b["emb"].materialize(), emb_of(ids))
+        assert img.flags.writeable
+        seen.append(ids)
+    assert sorted(np.concatenate(seen).tolist()) == list(range(N))
+
+
+def test_contiguous_rows_are_private_copy_on_write_maps(url):
+    batches = stream_batches(url, shuffle=False)
+    rows = batches[1]["image"]
+    assert rows.is_contiguous()
+    first = rows.materialize()
+    first[:] = 0  # in-place augmentation: copy-on-write, private to this array
+    again = rows.materialize()
+    np.testing.assert_array_equal(again, image_of(batches[1]["id"]))
+    fresh = np.concatenate([b["image"] for b in tsfs.open_dataset(url).to_batches(columns=["image"])])
+    np.testing.assert_array_equal(fresh, image_of(np.arange(N)))  # the file never changed
+
+
+def test_gathered_rows_recycle_only_released_arrays(url):
+    batches = [b for b in stream_batches(url, shuffle=True) if not b["image"].is_contiguous()]
+    assert len(batches) >= 3
+    kept = [torch.from_numpy(b["image"].materialize()) for b in batches]
+    for b, t in zip(batches, kept):  # all alive at once: no array was handed out twice
+        np.testing.assert_array_equal(t.numpy(), image_of(b["id"]))
+
+
+def test_file_tensor_pickles_as_a_tensor(url):
+    rows = stream_batches(url, shuffle=True)[0]["emb"]
+    payload = pickle.dumps(_FileTensor(rows))
+    assert len(payload) < 2000
+    t = pickle.loads(payload)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_array_equal(t.numpy(), rows.materialize())
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_dataloader_workers_deliver_the_same_batches(url, shuffle):
+    def epochs(file_backed):
+        loader = DataLoader(TorchDataset(url, batch_size=32, shuffle=shuffle, seed=5, file_backed=file_backed),
+                            batch_size=None, num_workers=2, persistent_workers=True)
+        out = []
+        for _ in range(2):
+            batches = list(loader)
+            for b in batches:
+                b["image"].add_(1)  # training code augmenting in place must not affect the next epoch
+            out.append(batches)
+        return out
+
+    mapped, copied = epochs(True), epochs(False)
+    for a_epoch, b_epoch in zip(mapped, copied):
+        assert len(a_epoch) == len(b_epoch)
+        for a, b in zip(a_epoch, b_epoch):
+            for key in ("id", "image", "emb", "mask", "maybe"):
+                assert torch.equal(a[key], b[key]), key
+            np.testing.assert_array_equal(a["image"].numpy(), image_of(a["id"].numpy()) + 1)
