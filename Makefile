@@ -28,6 +28,8 @@ demo: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_tf.py
+	$(PY) benchmarks/bench_suite.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
