@@ -271,6 +271,10 @@ class DatasetWriter:
             use_dictionary=self._scalar_cols or False,
             write_statistics=self._stat_cols or False,
             store_schema=True,
+            # one data page per column chunk: a fixed-shape tensor chunk is then one run of raw
+            # bytes that readers map or gather without decoding (tensorstore_fs.pages); capped
+            # below Parquet's 2 GiB page limit
+            data_page_size=min(max(2 * self.row_group_bytes, 1 << 20), 1 << 30),
         )
         self._cur_groups = []
 

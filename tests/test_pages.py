@@ -28,7 +28,7 @@ def _views(ds, rg_index=0):
     files = _Files(ds)
     try:
         ref = ds.row_groups[rg_index]
-        return stream._direct_views(files.get(ref.shard), files.source(ref.shard), ref.row_group), ref
+        return stream._direct_views(files.get(ref.shard), files.source(ref.shard), ref.row_group, stream.columns), ref
     finally:
         files.close()
 
