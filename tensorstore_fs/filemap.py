@@ -28,7 +28,7 @@ import numpy as np
 
 from ._pool import RecyclingPool
 
-__all__ = ["FileRows"]
+__all__ = ["FileRows", "private_file_view"]
 
 _GRANULE = mmap.ALLOCATIONGRANULARITY
 _pool = RecyclingPool()  # gathered batches reuse arrays their consumers let go of
@@ -70,6 +70,16 @@ def _private_map(path: str, offset: int, length: int) -> tuple[mmap.mmap, int]:
     finally:
         os.close(fd)  # the mapping stays valid without the descriptor
     return mm, offset - start
+
+
+def private_file_view(path: str, maps: dict[str, np.ndarray]) -> np.ndarray:
+    """A writable byte view of the whole file ``path`` through one private copy-on-write map,
+    kept in ``maps`` (the caller's scope decides how long the map lives)."""
+    view = maps.get(path)
+    if view is None:
+        mm, _ = _private_map(path, 0, os.path.getsize(path))
+        view = maps[path] = np.frombuffer(mm, dtype=np.uint8)
+    return view
 
 
 @dataclass(frozen=True, eq=False)

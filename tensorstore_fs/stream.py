@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from .dataset import Dataset, open_dataset
 from .encoding import decode_column, storage_columns
 from ._pool import RecyclingPool as _RecyclingPool
-from .filemap import FileRows
+from .filemap import FileRows, private_file_view
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
 from .pages import plain_values_offset
@@ -284,6 +284,9 @@ class PlannedStream:
         self._storage_cols = storage_columns(ds.schema, self.columns)
         # file_backed: fixed-shape tensor columns of local shards come as FileRows (see filemap)
         self.file_backed = False
+        # map_private: contiguous rows of such columns are views of one private copy-on-write map
+        # per file and pass (in-process readers that never yield a row twice in a pass)
+        self.map_private = False
         self._chunk_offsets: dict[tuple[int, str], int | None] = {}
         refs = all_row_groups(ds.manifest)
         self._unit_shard = np.array([r.shard for r in refs], dtype=np.int64)
@@ -373,12 +376,14 @@ class PlannedStream:
         cross the Python boundary once per chunk instead of once per batch."""
         files = self._process_files()
         cache: dict[int, _Unit] = {}
+        maps: dict[str, np.ndarray] = {}  # this pass's private maps (map_private); batches keep them alive
         try:
             for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
                 groups = _group_batches(batches, chunk_rows)
                 sizes = [sum(len(ids) for ids, _ in g) for g in groups]
                 run_ids = np.concatenate([ids for ids, _ in batches])
-                located = self._file_columns(files, run_ids) if self.file_backed else ()
+                mapped = self.map_private and contiguous and not self.file_backed
+                located = self._file_columns(files, run_ids) if self.file_backed or mapped else ()
                 cols = [c for c in self.columns if c not in located]
                 if not cols:
                     tables: Iterator[Any] = iter([None] * len(groups))
@@ -392,8 +397,11 @@ class PlannedStream:
                     else:
                         ids, pad = (np.concatenate(parts) for parts in zip(*group))
                     out = self._decode(table, ids, pad, cols)
-                    if located:
+                    if located and mapped:
+                        out.update((c, self._mapped_rows(c, int(ids[0]), len(ids), maps)) for c in located)
+                    elif located:
                         out.update((c, self._file_rows(c, ids)) for c in located)
+                    if located:
                         out = {k: out[k] for k in self._output_order(out) + [k for k in out if k.startswith("__")]}
                     yield out, [len(i) for i, _ in group]
         finally:
@@ -473,14 +481,34 @@ class PlannedStream:
                 out.append(name)
         return tuple(out)
 
+    def _unit_path(self, u: int) -> str:
+        return os.path.abspath(self.ds.storage.path(self.ds.shards[int(self._unit_shard[u])].path))
+
+    def _mapped_rows(self, name: str, first: int, n: int, maps: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows ``[first, first + n)`` (storage order, no filter) of a located column as views of
+        this pass's private maps: no copy inside one row group, one copy across two."""
+        f = self.ds.schema.field(name)
+        rb = f.row_nbytes
+        parts, i, end = [], first, first + n
+        while i < end:
+            u = int(np.searchsorted(self._id_starts, i, side="right") - 1)
+            take = min(end, int(self._id_starts[u + 1])) - i
+            data = private_file_view(self._unit_path(u), maps)
+            offset = int(self._chunk_offsets[(u, name)]) + (i - int(self._id_starts[u])) * rb
+            if offset + take * rb > len(data):
+                raise CorruptDatasetError(f"{self._unit_path(u)}: rows beyond the end of the file")
+            parts.append(data[offset:offset + take * rb])
+            i += take
+        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return flat.view(f.numpy_dtype.newbyteorder("<")).reshape((n, *f.shape))
+
     def _file_rows(self, name: str, ids: np.ndarray) -> FileRows:
         f = self.ds.schema.field(name)
         units, local = self._locate(ids)
         segs, segment = np.unique(units, return_inverse=True)
-        storage = self.ds.storage
         return FileRows(
             dtype=f.numpy_dtype.newbyteorder("<").str, row_shape=tuple(int(d) for d in f.shape),
-            paths=tuple(os.path.abspath(storage.path(self.ds.shards[int(self._unit_shard[u])].path)) for u in segs),
+            paths=tuple(self._unit_path(int(u)) for u in segs),
             offsets=tuple(int(self._chunk_offsets[(int(u), name)]) for u in segs),
             segment=segment.astype(np.int32), rows=np.asarray(local, dtype=np.int64))
 

@@ -112,3 +112,22 @@ def test_dataloader_workers_deliver_the_same_batches(url, shuffle):
             for key in ("id", "image", "emb", "mask", "maybe"):
                 assert torch.equal(a[key], b[key]), key
             np.testing.assert_array_equal(a["image"].numpy(), image_of(a["id"].numpy()) + 1)
+
+
+@pytest.mark.parametrize("remainder", ["drop", "pad"])
+def test_in_process_batches_are_private_views(url, remainder):
+    """num_workers=0: consecutive rows are views of a private map (no copy); in-place writes stay
+    in the batch — the next epoch and padded repeats see the file's values."""
+    ds = TorchDataset(url, batch_size=48, remainder=remainder, world_size=3, rank=2, num_epochs=2)
+    batches = list(ds)
+    assert len(batches) == 2 * len(ds) // 2
+    for b in batches:
+        np.testing.assert_array_equal(b["image"].numpy(), image_of(b["id"].numpy()))
+        np.testing.assert_array_equal(b["emb"].numpy(), emb_of(b["id"].numpy()))
+        b["image"].zero_()
+        b["emb"].mul_(-1)
+    for b in ds:  # next epoch through the same object: fresh maps
+        np.testing.assert_array_equal(b["image"].numpy(), image_of(b["id"].numpy()))
+        np.testing.assert_array_equal(b["emb"].numpy(), emb_of(b["id"].numpy()))
+    fresh = np.concatenate([b["image"] for b in tsfs.open_dataset(url).to_batches(columns=["image"])])
+    np.testing.assert_array_equal(fresh, image_of(np.arange(N)))

@@ -264,6 +264,9 @@ class TorchDataset(IterableDataset):
             self._yielded = skip
             in_worker = info is not None
             self.stream.file_backed = self._file_backed and in_worker
+            # in-process, consecutive rows are views of a private map of the file (no copy); not
+            # under remainder="pad", whose padding repeats rows that a caller may have modified
+            self.stream.map_private = self._file_backed and not in_worker and self.spec.remainder != "pad"
             for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip, keep_open=not in_worker):
                 self._yielded += 1
                 converted = to_torch(batch, self.variable, self._jagged, defer_files=in_worker)
