@@ -30,6 +30,14 @@ class Dataset:
     def __init__(self, storage: Storage, manifest: Manifest) -> None:
         self.storage = storage
         self.manifest = manifest
+        self._storage_schema: pa.Schema | None = None
+
+    @property
+    def storage_schema(self) -> pa.Schema:
+        """The Arrow schema of this version's shard files (built once, the manifest is immutable)."""
+        if self._storage_schema is None:
+            self._storage_schema = arrow_schema(self.schema)
+        return self._storage_schema
 
     def __repr__(self) -> str:
         return (f"Dataset({self.storage.url!r}, version={self.version}, rows={len(self)}, "
@@ -103,6 +111,7 @@ class Dataset:
             batch_size=batch_size,
             pad_variable=pad_variable,
             drop_last=drop_last,
+            storage_schema=self.storage_schema,
         )
 
     def to_batches(
@@ -160,7 +169,7 @@ class Dataset:
         scanner = self.scanner(columns, filter, predicate, batch_size=1 << 62)
         names = storage_columns(self.schema, scanner.columns)
         tables = list(scanner.row_group_tables())
-        storage_schema = arrow_schema(self.schema)
+        storage_schema = self.storage_schema
         table = pa.concat_tables(tables) if tables else storage_schema.empty_table().select(names)
         arrays = []
         fields = []
@@ -176,9 +185,11 @@ class Dataset:
 
     def head(self, n: int = 5, columns: Sequence[str] | None = None) -> dict[str, Any]:
         """The first ``n`` rows as one batch."""
-        for batch in self.to_batches(columns=columns, batch_size=max(1, n)):
+        scanner = self.scanner(columns, batch_size=max(1, n))
+        scanner._row_limit = max(1, n)
+        for batch in scanner:
             return batch
-        empty = arrow_schema(self.schema).empty_table()
+        empty = self.storage_schema.empty_table()
         out: dict[str, Any] = {}
         for name in columns or self.schema.names:
             out.update(decode_column(empty, self.schema.field(name)))

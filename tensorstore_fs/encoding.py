@@ -241,37 +241,122 @@ def fixed_values(arr: pa.Array, f: Field) -> np.ndarray:
     return np.asarray(_BufferView(buf, arr.offset * nbytes, (n, *f.shape), dtype))
 
 
-def variable_values(arr: pa.Array, shapes: pa.Array, f: Field) -> list[np.ndarray | None]:
-    """Per-row zero-copy views of a variable-shape column."""
+class _VariableParts:
+    """A decoded variable-shape column, checked: its typed payload, row extents and shapes.
+
+    ``starts``/``stops`` are element (not byte) positions in ``typed`` when ``typed`` is not
+    None (offsets aligned to the itemsize); otherwise rows are viewed from the byte ``payload``.
+    """
+
+    __slots__ = ("payload", "typed", "offs", "shp", "valid", "dtype")
+
+    def __init__(self, payload: np.ndarray, typed: np.ndarray | None, offs: np.ndarray, shp: np.ndarray,
+                 valid: np.ndarray | None, dtype: np.dtype) -> None:
+        self.payload = payload
+        self.typed = typed
+        self.offs = offs
+        self.shp = shp
+        self.valid = valid
+        self.dtype = dtype
+
+
+def _variable_parts(arr: pa.Array, shapes: pa.Array, f: Field) -> _VariableParts:
+    """Read a variable-shape column's buffers and check every valid row's size in one pass."""
     n = len(arr)
-    if n == 0:
-        return []
+    ndim = len(f.shape)
+    dt = f.numpy_dtype.newbyteorder("<")
     offs = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
     data = arr.buffers()[2]
     payload = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(0, np.uint8)
-    ndim = len(f.shape)
     shp = shapes.flatten().to_numpy(zero_copy_only=False).reshape(n, ndim)
-    dt = f.numpy_dtype.newbyteorder("<")
     valid = _valid_mask(arr)
-    out: list[np.ndarray | None] = []
-    for i in range(n):
-        if valid is not None and not valid[i]:
-            out.append(None)
-            continue
-        row = payload[offs[i]:offs[i + 1]].view(dt)
-        expected = int(np.prod(shp[i]))
-        if row.size != expected:
-            raise CorruptDatasetError(
-                f"field {f.name!r}: row payload holds {row.size} values but its shape {tuple(shp[i])} needs {expected}"
-            )
-        out.append(row.reshape(tuple(shp[i])))
-    return out
+    itemsize = dt.itemsize
+    expected = np.prod(shp, axis=1, dtype=np.int64)
+    # bytes each row's slice of the payload really holds (slices past the end are cut short)
+    lo = np.clip(offs[:-1], 0, payload.size)
+    hi = np.clip(offs[1:], 0, payload.size)
+    held = np.maximum(hi - lo, 0)
+    bad = (held != expected * itemsize) | (offs[1:] < offs[:-1])
+    if valid is not None:
+        bad &= valid
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        shape = tuple(int(x) for x in shp[i])
+        raise CorruptDatasetError(
+            f"field {f.name!r}: row {i} payload holds {int(held[i])} bytes ({int(held[i]) / itemsize:g} values) "
+            f"but its shape {shape} needs {int(expected[i])}"
+        )
+    typed = None
+    if not (offs % itemsize).any():
+        typed = payload[: payload.size - payload.size % itemsize].view(dt)
+    return _VariableParts(payload, typed, offs, shp, valid, dt)
+
+
+def variable_values(arr: pa.Array, shapes: pa.Array, f: Field) -> list[np.ndarray | None]:
+    """Per-row zero-copy views of a variable-shape column.
+
+    Parameters
+    ----------
+    arr : pyarrow.Array
+        The ``large_binary`` payload column.
+    shapes : pyarrow.Array
+        The matching ``fixed_size_list<int32>[ndim]`` shape column.
+    f : Field
+        The field's schema.
+
+    Returns
+    -------
+    list of numpy.ndarray or None
+        One read-only view per row, shaped by its stored shape; ``None`` for null rows.
+
+    Raises
+    ------
+    CorruptDatasetError
+        A valid row's payload does not hold the values its shape needs (the first such row is named).
+    """
+    n = len(arr)
+    if n == 0:
+        return []
+    parts = _variable_parts(arr, shapes, f)
+    return _rows(parts, len(f.shape))
+
+
+def _rows(parts: _VariableParts, ndim: int) -> list[np.ndarray | None]:
+    """One view per row (None for null rows) with one slice (and reshape) per row."""
+    shapes = parts.shp.tolist()
+    if parts.typed is not None:
+        src, dt = parts.typed, None
+        bounds = (parts.offs // parts.dtype.itemsize).tolist()
+    else:
+        src, dt = parts.payload, parts.dtype
+        bounds = parts.offs.tolist()
+    lo, hi = bounds[:-1], bounds[1:]
+    if dt is None and parts.valid is None:
+        if ndim == 1:
+            return [src[a:b] for a, b in zip(lo, hi)]
+        return [src[a:b].reshape(s) for a, b, s in zip(lo, hi, shapes)]
+    if dt is None:
+        return [src[a:b].reshape(s) if v else None for a, b, s, v in zip(lo, hi, shapes, parts.valid.tolist())]
+    valid = parts.valid.tolist() if parts.valid is not None else [True] * len(shapes)
+    return [src[a:b].view(dt).reshape(s) if v else None for a, b, s, v in zip(lo, hi, shapes, valid)]
 
 
 def pad_variable(rows: list[np.ndarray | None], f: Field) -> tuple[np.ndarray, np.ndarray]:
     """Pad variable-shape rows with zeros to the largest extent per dimension.
 
-    Returns ``(padded (n, *max_shape), shapes (n, ndim) int64)``; null rows have shape zeros.
+    Parameters
+    ----------
+    rows : list of numpy.ndarray or None
+        Rows as returned by :func:`variable_values`.
+    f : Field
+        The field's schema.
+
+    Returns
+    -------
+    padded : numpy.ndarray
+        ``(n, *max_shape)`` of ``f``'s dtype, zeros past each row's extent.
+    shapes : numpy.ndarray
+        ``(n, ndim)`` int64 row shapes; null rows have shape zeros.
     """
     ndim = len(f.shape)
     shapes = np.array([r.shape if r is not None else (0,) * ndim for r in rows], dtype=np.int64).reshape(len(rows), ndim)
@@ -280,6 +365,39 @@ def pad_variable(rows: list[np.ndarray | None], f: Field) -> tuple[np.ndarray, n
     for i, r in enumerate(rows):
         if r is not None and r.size:
             out[(i, *[slice(0, s) for s in r.shape])] = r
+    return out, shapes
+
+
+def _pad_parts(parts: _VariableParts, f: Field) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`pad_variable` in a few numpy calls, for fields whose only variable dimension is the
+    first and whose valid rows sit back to back in an aligned payload; None where that does not hold."""
+    if parts.typed is None or f.shape[0] is not None or any(d is None for d in f.shape[1:]):
+        return None
+    n = len(parts.shp)
+    shapes = parts.shp.astype(np.int64)
+    if parts.valid is not None:
+        shapes[~parts.valid] = 0
+    live = shapes[:, 0] > 0 if parts.valid is None else (shapes[:, 0] > 0) & parts.valid
+    rest = shapes[live, 1:]
+    if len(rest) and ((rest != rest[0]).any() or (shapes[:, 1:] > rest[0]).any()):
+        return None
+    bounds = parts.offs // parts.dtype.itemsize
+    starts, stops = bounds[:-1][live], bounds[1:][live]
+    if len(starts) > 1 and (starts[1:] != stops[:-1]).any():
+        return None
+    max_shape = tuple(int(x) for x in shapes.max(axis=0)) if n else (0,) * len(f.shape)
+    out = np.zeros((n, *max_shape), dtype=f.numpy_dtype)
+    if len(starts) and out.size:
+        inner = int(np.prod(max_shape[1:], dtype=np.int64))
+        src = parts.typed[int(starts[0]):int(stops[-1])]
+        mask = np.arange(max_shape[0]) < shapes[:, :1]
+        if inner == 1:
+            out.reshape(n, max_shape[0])[mask] = src
+        elif src.dtype == out.dtype:  # move each row's (inner,) block as one opaque item
+            cell = np.dtype((np.void, inner * out.dtype.itemsize))
+            out.reshape(n, max_shape[0], inner).view(cell)[..., 0][mask] = src.reshape(-1, inner).view(cell)[:, 0]
+        else:
+            out.reshape(n, max_shape[0], inner)[mask] = src.reshape(-1, inner)
     return out, shapes
 
 
@@ -293,7 +411,16 @@ def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = Fal
     if f.is_fixed_tensor:
         return {f.name: _masked(fixed_values(arr, f), _valid_mask(arr), f)}
     if f.is_variable:
-        rows = variable_values(arr, _single_chunk(table.column(shape_column(f.name))), f)
+        shape_arr = _single_chunk(table.column(shape_column(f.name)))
+        if len(arr) == 0:
+            rows: list[np.ndarray | None] = []
+        else:
+            parts = _variable_parts(arr, shape_arr, f)
+            if pad:
+                fast = _pad_parts(parts, f)
+                if fast is not None:
+                    return {f.name: fast[0], f.name + "__shape": fast[1]}
+            rows = _rows(parts, len(f.shape))
         if pad:
             padded, shapes = pad_variable(rows, f)
             return {f.name: padded, f.name + "__shape": shapes}

@@ -180,6 +180,7 @@ class Scanner:
         pad_variable: bool = False,
         drop_last: bool = False,
         row_groups: Sequence[RowGroupRef] | None = None,
+        storage_schema: pa.Schema | None = None,
     ) -> None:
         schema = manifest.schema
         if columns is None:
@@ -216,7 +217,10 @@ class Scanner:
         self.drop_last = drop_last
         self.stats = ScanStats()
         self._carry_need = 0
-        self._arrow_schema = arrow_schema(schema)
+        self._row_limit: int | None = None  # set by callers that consume only this many rows
+        self._arrow_schema = storage_schema if storage_schema is not None else arrow_schema(schema)
+        self._fields = [schema.field(n) for n in names]
+        self._storage_cols = storage_columns(schema, names)
         if filter is not None:
             self._validate_filter(filter)
         refs = list(row_groups) if row_groups is not None else all_row_groups(manifest)
@@ -270,13 +274,14 @@ class Scanner:
         self.stats.opened_paths.append(rel)
         return pf, source
 
-    def _read(self, pf: pq.ParquetFile, ref: RowGroupRef, fields: list[str], rel: str) -> pa.Table:
+    def _read(self, pf: pq.ParquetFile, ref: RowGroupRef, fields: list[str], rel: str, *, account: bool = True) -> pa.Table:
         cols = storage_columns(self.schema, fields)
         try:
             table = pf.read_row_group(ref.row_group, columns=cols, use_threads=True)
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptDatasetError(f"{self.storage.url}/{rel}: row group {ref.row_group} unreadable: {e}") from None
-        self.stats.bytes_read += _column_bytes(pf, ref.row_group, cols)
+        if account:
+            self.stats.bytes_read += _column_bytes(pf, ref.row_group, cols)
         return table
 
     def _matching(self, pf: pq.ParquetFile, ref: RowGroupRef, rel: str) -> tuple[np.ndarray | None, pa.Table | None]:
@@ -326,12 +331,18 @@ class Scanner:
                 source.close()
 
     def _stream_row_groups(self, pf: pq.ParquetFile, refs: list[RowGroupRef], rel: str) -> Iterator[pa.Table]:
-        cols = storage_columns(self.schema, self.columns)
+        cols = self._storage_cols
         self._account(pf, refs, cols)
         bs = self.batch_size
         first = self._carry_need if 0 < self._carry_need < bs else bs
+        if first >= sum(r.rows for r in refs):  # one batch holds them all: no re-cutting, no copy
+            for ref in refs:
+                table = self._read(pf, ref, self.columns, rel, account=False)
+                self.stats.rows_matched += table.num_rows
+                yield table
+            return
         try:
-            for rb in read_batches(pf, [r.row_group for r in refs], cols, [first], bs):
+            for rb in read_batches(pf, [r.row_group for r in refs], cols, [first], bs, limit=self._row_limit):
                 self.stats.rows_matched += rb.num_rows
                 yield pa.Table.from_batches([rb])
         except (pa.ArrowInvalid, OSError) as e:
@@ -426,9 +437,10 @@ class Scanner:
             yield pa.concat_tables(pending)
 
     def decode(self, table: pa.Table) -> dict[str, Any]:
+        """Decode a storage-layout table of the scanned columns into numpy (see ``to_batches``)."""
         out: dict[str, Any] = {}
-        for name in self.columns:
-            out.update(decode_column(table, self.schema.field(name), pad=self.pad_variable))
+        for f in self._fields:
+            out.update(decode_column(table, f, pad=self.pad_variable))
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -444,23 +456,83 @@ def _column_bytes(pf: pq.ParquetFile, row_group: int, cols: list[str]) -> int:
 
 
 def read_batches(
-    pf: pq.ParquetFile, row_groups: Sequence[int], columns: list[str], sizes: Sequence[int], then: int
+    pf: pq.ParquetFile,
+    row_groups: Sequence[int],
+    columns: list[str],
+    sizes: Sequence[int],
+    then: int,
+    *,
+    limit: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Decode ``row_groups`` of ``pf`` as record batches of ``sizes[0]``, ``sizes[1]``, ... rows,
-    then ``then`` rows each, spanning row-group boundaries with no copy beyond Parquet decoding.
+    then ``then`` rows each (the last batch may be shorter).
 
-    pyarrow's batch reader reads its batch size before every batch, so asking for the next size
-    between batches yields batches of exactly the requested sizes. Should a pyarrow release stop
-    honouring the change, the batches it returns are re-cut (and joined where short) to the
-    requested sizes: slower, never wrong.
+    Each row group is decoded whole with ``read_row_group`` (much faster than pyarrow's batch
+    reader for narrow columns) and cut into zero-copy slices; a batch is re-assembled (copied)
+    only where it spans two row groups. Memory stays bounded by about one row group plus one
+    batch.
+
+    Parameters
+    ----------
+    pf : pyarrow.parquet.ParquetFile
+        The open file.
+    row_groups : sequence of int
+        Row groups to read, in order.
+    columns : list of str
+        Storage columns to decode.
+    sizes : sequence of int
+        Sizes of the first batches.
+    then : int
+        Size of every later batch.
+    limit : int, optional
+        At most this many rows will be consumed. Where that is under half of the first row
+        group, pyarrow's batch reader decodes only the pages needed instead of whole row groups.
+
+    Yields
+    ------
+    pyarrow.RecordBatch
+        Batches of exactly the requested sizes, in row order.
     """
     plan = list(sizes)
 
     def next_size() -> int:
         return max(1, plan.pop(0) if plan else then)
 
+    groups = list(row_groups)
+    whole = hasattr(pf, "read_row_group") and hasattr(pf, "metadata")
+    if whole and limit is not None and groups and 2 * limit < pf.metadata.row_group(groups[0]).num_rows:
+        whole = False
+    if not whole:
+        yield from _stream_batches(pf, groups, columns, next_size)
+        return
     want = next_size()
-    reader = pf.iter_batches(batch_size=want, row_groups=list(row_groups), columns=columns, use_threads=True)
+    buf: list[pa.RecordBatch] = []
+    have = 0
+    for rg in groups:
+        table = pf.read_row_group(rg, columns=columns, use_threads=True)
+        for rb in table.to_batches():
+            if rb.num_rows:
+                buf.append(rb)
+                have += rb.num_rows
+        while have >= want:
+            out, buf = _cut(buf, want)
+            have -= want
+            yield out
+            want = next_size()
+    if have:
+        yield _cut(buf, have)[0]
+
+
+def _stream_batches(pf: pq.ParquetFile, row_groups: list[int], columns: list[str], next_size: Any) -> Iterator[pa.RecordBatch]:
+    """:func:`read_batches` through pyarrow's batch reader, asking for the next size between batches.
+
+    pyarrow's batch reader reads its batch size before every batch, so asking for the next size
+    between batches yields batches of exactly the requested sizes. Should a pyarrow release stop
+    honouring the change, the batches it returns are re-cut (and joined where short) to the
+    requested sizes: slower, never wrong.
+    """
+    want = next_size()
+    reader = pf.iter_batches(batch_size=want, row_groups=row_groups, columns=columns, use_threads=True)
     buf: list[pa.RecordBatch] = []
     have = 0
     for rb in reader:
