@@ -379,6 +379,11 @@ def _python_scalars(raw: Sequence[Any], f: Field) -> np.ndarray:
             if not info.min <= int(v) <= info.max:
                 raise SchemaError(f"field {f.name!r}: value {int(v)} does not fit {f.dtype} [{info.min}, {info.max}] at row {i}")
         return np.array([int(v) for v in raw], dtype=f.numpy_dtype)
+    if f.numpy_dtype.kind == "f":
+        # numpy warns "invalid value encountered in cast" for NaN numpy-float scalars inside a list
+        # (mixed with Python floats); NaN is a legitimate value here
+        with np.errstate(invalid="ignore"):
+            return np.asarray(raw)
     return np.asarray(raw)
 
 

@@ -502,6 +502,10 @@ def read_batches(
     whole = hasattr(pf, "read_row_group") and hasattr(pf, "metadata")
     if whole and limit is not None and groups and 2 * limit < pf.metadata.row_group(groups[0]).num_rows:
         whole = False
+    if whole and groups and _row_bytes(pf, groups[0], columns) >= WIDE_ROW_BYTES:
+        # wide rows (tensors): the batch reader decodes a batch that spans row groups straight
+        # into one buffer; whole row groups would cost a second copy for every such batch
+        whole = False
     if not whole:
         yield from _stream_batches(pf, groups, columns, next_size)
         return
@@ -521,6 +525,20 @@ def read_batches(
             want = next_size()
     if have:
         yield _cut(buf, have)[0]
+
+
+WIDE_ROW_BYTES = 512  # decoded bytes per row from which the batch reader beats whole row groups
+
+
+def _row_bytes(pf: pq.ParquetFile, rg: int, columns: list[str]) -> float:
+    """Uncompressed bytes per row of ``columns`` in row group ``rg`` (from the footer)."""
+    meta = pf.metadata.row_group(rg)
+    if not meta.num_rows:
+        return 0.0
+    wanted = set(columns)
+    total = sum(meta.column(i).total_uncompressed_size for i in range(meta.num_columns)
+                if meta.column(i).path_in_schema.split(".")[0] in wanted)
+    return total / meta.num_rows
 
 
 def _stream_batches(pf: pq.ParquetFile, row_groups: list[int], columns: list[str], next_size: Any) -> Iterator[pa.RecordBatch]:

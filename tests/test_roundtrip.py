@@ -887,3 +887,12 @@ def test_empty_projection_is_rejected_or_yields_empty_batches():
             except tsfs.InvalidArgumentError:
                 continue
             assert all(b == {} for b in batches)
+
+
+def test_row_values_mixing_python_floats_and_numpy_nan(tmp_path):
+    """Found by hypothesis: numpy warned while converting a list holding np.float32(nan) next to
+    Python floats (warnings are errors here)."""
+    rows = [{"x": 1.5}, {"x": np.float32("nan")}, {"x": float("inf")}, {"x": np.float32(2.0)}]
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), rows, tsfs.Schema([tsfs.Field("x", "float32")]))
+    got = next(iter(ds.to_batches()))["x"]
+    np.testing.assert_array_equal(got, np.array([1.5, np.nan, np.inf, 2.0], np.float32))
