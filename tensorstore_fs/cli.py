@@ -203,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TensorstoreError, FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
         print(f"tsfs: error: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # `tsfs head ... | head`
+    except BrokenPipeError:  # `tsfs head ... | head`: the reader left; stay quiet at exit too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 

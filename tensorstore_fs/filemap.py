@@ -28,7 +28,7 @@ import numpy as np
 
 from ._pool import RecyclingPool
 
-__all__ = ["FileRows", "private_file_view"]
+__all__ = ["FileRows", "private_view"]
 
 _GRANULE = mmap.ALLOCATIONGRANULARITY
 _pool = RecyclingPool()  # gathered batches reuse arrays their consumers let go of
@@ -65,6 +65,8 @@ def _private_map(path: str, offset: int, length: int) -> tuple[mmap.mmap, int]:
     start = offset - offset % _GRANULE
     fd = os.open(path, os.O_RDONLY)
     try:
+        if offset + length > os.fstat(fd).st_size:
+            raise OSError(f"{path}: {length} bytes at {offset} lie beyond the end of the file (was it replaced?)")
         mm = mmap.mmap(fd, offset + length - start, flags=mmap.MAP_PRIVATE,
                        prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
     finally:
@@ -72,14 +74,11 @@ def _private_map(path: str, offset: int, length: int) -> tuple[mmap.mmap, int]:
     return mm, offset - start
 
 
-def private_file_view(path: str, maps: dict[str, np.ndarray]) -> np.ndarray:
-    """A writable byte view of the whole file ``path`` through one private copy-on-write map,
-    kept in ``maps`` (the caller's scope decides how long the map lives)."""
-    view = maps.get(path)
-    if view is None:
-        mm, _ = _private_map(path, 0, os.path.getsize(path))
-        view = maps[path] = np.frombuffer(mm, dtype=np.uint8)
-    return view
+def private_view(path: str, offset: int, length: int) -> np.ndarray:
+    """A writable byte view of ``length`` bytes of ``path`` at ``offset`` through a private
+    copy-on-write map of just that range (unmapped when the last view of it goes)."""
+    mm, at = _private_map(path, offset, length)
+    return np.frombuffer(mm, dtype=np.uint8, count=length, offset=at)
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,9 +150,11 @@ class FileRows:
         if end > len(mm):
             raise OSError(f"{self.paths[s]}: rows beyond the end of the file (was it replaced?)")
         view = np.frombuffer(mm, dtype=np.uint8, count=end - first, offset=first).reshape(hi - lo, rb)
-        # mode="clip" avoids numpy's buffered second copy; every row is inside the view
-        np.take(view, rows - lo, axis=0, out=out, mode="clip")
-        del view
+        try:
+            # mode="clip" avoids numpy's buffered second copy; every row is inside the view
+            np.take(view, rows - lo, axis=0, out=out, mode="clip")
+        finally:
+            del view  # no export may outlive this call: an evicted map must be closable
         _release_after(len(rows) * rb)
 
 

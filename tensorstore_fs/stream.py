@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from .dataset import Dataset, open_dataset
 from .encoding import decode_column, storage_columns
 from ._pool import RecyclingPool as _RecyclingPool
-from .filemap import FileRows, private_file_view
+from .filemap import FileRows, private_view
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
 from .pages import plain_values_offset
@@ -202,6 +202,18 @@ class StreamState:
             "consumed_batches": consumed_batches,
         }
 
+    @staticmethod
+    def fold(history: Sequence[Segment], world_size: int, num_workers: int,
+             consumed_batches: int) -> tuple[tuple[Segment, ...], int]:
+        """``(history, consumed)`` to save when ``consumed_batches`` were taken since resuming from
+        ``history``: a last segment of the same world and worker count was continued exactly (see
+        :meth:`PlannedStream.resume_plan`), so its batches and the new ones are one count of the
+        same plan; any other history is kept as it is."""
+        history = tuple(history)
+        if history and history[-1].world_size == world_size and history[-1].num_workers == num_workers:
+            return history[:-1], history[-1].consumed_batches + consumed_batches
+        return history, consumed_batches
+
     @classmethod
     def parse(cls, state: Any, dataset_version: int, spec: PlanSpec) -> "StreamState":
         """Validate a saved state against the reader's dataset version and plan spec.
@@ -376,7 +388,7 @@ class PlannedStream:
         cross the Python boundary once per chunk instead of once per batch."""
         files = self._process_files()
         cache: dict[int, _Unit] = {}
-        maps: dict[str, np.ndarray] = {}  # this pass's private maps (map_private); batches keep them alive
+        maps: dict[Any, np.ndarray] = {}  # current row groups' private maps (map_private); batches keep theirs
         try:
             for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
                 groups = _group_batches(batches, chunk_rows)
@@ -484,23 +496,33 @@ class PlannedStream:
     def _unit_path(self, u: int) -> str:
         return os.path.abspath(self.ds.storage.path(self.ds.shards[int(self._unit_shard[u])].path))
 
-    def _mapped_rows(self, name: str, first: int, n: int, maps: dict[str, np.ndarray]) -> np.ndarray:
+    def _mapped_rows(self, name: str, first: int, n: int, maps: dict[Any, np.ndarray]) -> np.ndarray:
         """Rows ``[first, first + n)`` (storage order, no filter) of a located column as views of
-        this pass's private maps: no copy inside one row group, one copy across two."""
+        private copy-on-write maps of their row group's bytes: no copy inside one row group, one
+        copy across two, and one aligning copy where the chunk's values are not element-aligned.
+        ``maps`` keeps only the current row group's maps, so pages a consumer wrote to are freed
+        with its batches rather than at the end of the pass."""
         f = self.ds.schema.field(name)
+        dtype = f.numpy_dtype.newbyteorder("<")
         rb = f.row_nbytes
         parts, i, end = [], first, first + n
         while i < end:
             u = int(np.searchsorted(self._id_starts, i, side="right") - 1)
             take = min(end, int(self._id_starts[u + 1])) - i
-            data = private_file_view(self._unit_path(u), maps)
-            offset = int(self._chunk_offsets[(u, name)]) + (i - int(self._id_starts[u])) * rb
-            if offset + take * rb > len(data):
-                raise CorruptDatasetError(f"{self._unit_path(u)}: rows beyond the end of the file")
-            parts.append(data[offset:offset + take * rb])
+            key = (u, name)
+            data = maps.get(key)
+            if data is None:
+                for k in [k for k in maps if k[1] == name]:
+                    del maps[k]  # batches keep their own references
+                rows = int(self._id_starts[u + 1] - self._id_starts[u])
+                data = maps[key] = private_view(self._unit_path(u), int(self._chunk_offsets[key]), rows * rb)
+            at = (i - int(self._id_starts[u])) * rb
+            parts.append(data[at:at + take * rb])
             i += take
         flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return flat.view(f.numpy_dtype.newbyteorder("<")).reshape((n, *f.shape))
+        out = flat.view(dtype).reshape((n, *f.shape))
+        # numpy copies into aligned memory; torch kernels (and DLPack) expect element alignment
+        return out if out.flags.aligned else out.copy()
 
     def _file_rows(self, name: str, ids: np.ndarray) -> FileRows:
         f = self.ds.schema.field(name)

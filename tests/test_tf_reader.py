@@ -296,3 +296,19 @@ def test_torch_is_not_needed_by_the_tf_adapter(url):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == str(N)
     assert torch.__version__  # the parent process has torch; the child ran without it
+
+
+def test_resume_twice_in_one_epoch_continues_exactly(url):
+    """Found in review: the second state of a resumed pass must count from the resume point."""
+    kw = dict(columns=["id"], batch_size=24, shuffle=True, seed=12, num_workers=2)
+    full = tf_ids(make_tf_dataset(url, **kw))
+    got, state = [], None
+    for stop in (4, 7):
+        reader = TFReader(url, **kw)
+        if state is not None:
+            reader.load_state_dict(state)
+        got += [b["id"].numpy() for _, b in zip(range(stop), reader.dataset())]
+        state = json.loads(json.dumps(reader.state_dict(consumed_batches=stop)))
+    reader = TFReader(url, **kw)
+    reader.load_state_dict(state)
+    assert_same_batches(got + tf_ids(reader.dataset()), full)

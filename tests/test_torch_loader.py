@@ -479,6 +479,24 @@ def test_resume_across_world_sizes_and_worker_counts(url):
     assert chained_done == 2
 
 
+def test_resume_twice_with_workers_same_shape(url):
+    """Found in review: a rank-level state saved after resuming (iteration ran in DataLoader
+    workers) counts from the resume point, so a second resume still continues exactly."""
+    kw = dict(RESUME_KW, rank=1, world_size=2)
+    full = id_stream(make_loader(TorchDataset(url, **kw), 2))
+    seen, state = [], None
+    for k in (6, 9):
+        ds = TorchDataset(url, **kw)
+        if state is not None:
+            ds.load_state_dict(state)
+        seen += id_stream(make_loader(ds, 2), limit=k)
+        state = _roundtrip(ds.state_dict(consumed_batches=k, num_workers=2))
+    assert state["history"] == [] and state["consumed_batches"] == 15
+    ds = TorchDataset(url, **kw)
+    ds.load_state_dict(state)
+    assert same_stream(seen + id_stream(make_loader(ds, 2)), full)
+
+
 def test_resume_chained_in_process(url):
     """num_workers=0, self-counted states: three interruptions in one epoch, then the next epoch."""
     kw = dict(RESUME_KW, rank=0, world_size=1)

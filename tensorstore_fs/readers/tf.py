@@ -376,6 +376,8 @@ class TFReader:
                 break
             consumed_batches -= left
             epoch, history = epoch + 1, ()
+        # the pass resumed from ``history`` (never folded here): count on from the resume point
+        history, consumed_batches = StreamState.fold(history, self.world_size, self.num_workers, consumed_batches)
         return StreamState.rank_dict(self.dataset_version, self.spec, epoch, history, self.world_size,
                                      self.num_workers, consumed_batches)
 

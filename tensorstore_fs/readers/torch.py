@@ -218,6 +218,7 @@ class TorchDataset(IterableDataset):
         self._yielded = 0
         self._done = False  # the epoch was read to its end; the next iteration starts the next one
         self._source: int | None = None  # the plan worker whose stream this DataLoader worker reads
+        self._unfolded = False  # _history still ends with the segment a rank-level state resumed from
 
     @property
     def dataset(self) -> Dataset:
@@ -238,7 +239,7 @@ class TorchDataset(IterableDataset):
         if not isinstance(epoch, int) or epoch < 0:
             raise InvalidArgumentError(f"epoch must be a non-negative int, got {epoch!r}")
         self._epoch, self._history, self._skip, self._yielded, self._done = epoch, (), 0, 0, False
-        self._source = None
+        self._source, self._unfolded = None, False
 
     def __len__(self) -> int:
         """Batches this rank yields per iteration (per epoch times ``num_epochs``)."""
@@ -258,6 +259,7 @@ class TorchDataset(IterableDataset):
                 self._source = None
             plan, source, skip, self._history = self.stream.resume_plan(
                 self._epoch, self.world_size, self._history, self.rank, worker, num_workers)
+            self._unfolded = False  # _history is now the plan's base and _yielded counts from it
             if self._source is not None:  # worker-level restore: continue the stream this worker had
                 source, skip = self._source, 0
             skip, self._skip, self._source = skip + self._skip, 0, source
@@ -290,8 +292,11 @@ class TorchDataset(IterableDataset):
         if self._done and info is None:  # this process finished the epoch: the next one starts fresh
             epoch, history, yielded = epoch + 1, (), 0
         if info is None:
+            consumed = yielded if consumed_batches is None else int(consumed_batches)
+            if self._unfolded:  # resumed, and the iteration ran in workers: count on from the resume point
+                history, consumed = StreamState.fold(history, self.world_size, max(1, num_workers or 1), consumed)
             return StreamState.rank_dict(self.dataset.version, self.spec, epoch, history, self.world_size,
-                                         num_workers or 1, yielded if consumed_batches is None else int(consumed_batches))
+                                         num_workers or 1, consumed)
         state = StreamState.rank_dict(self.dataset.version, self.spec, epoch, history, self.world_size,
                                       info.num_workers, 0)
         del state["consumed_batches"]
@@ -319,3 +324,4 @@ class TorchDataset(IterableDataset):
                 )
             self._skip, self._source = parsed.worker_batches, parsed.plan_worker
         self._epoch, self._history = parsed.epoch, parsed.history
+        self._unfolded = parsed.worker is None
