@@ -7,6 +7,7 @@ JSON (never pickle). See ``docs/format.md`` for the JSON layout.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -164,7 +165,7 @@ class Field:
         """Elements per row of a fixed-shape field."""
         if self.is_variable:
             raise SchemaError(f"field {self.name!r} has a variable shape {self.shape}")
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # exact Python ints (1 for a scalar); hot: called per batch
 
     @property
     def row_nbytes(self) -> int:
