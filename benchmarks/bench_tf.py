@@ -7,7 +7,8 @@ exported with ``tensorstore_fs.converters.to_tfrecord`` (uncompressed, 4 files).
 
 Systems, each consuming batches of 256 (every tensor's batch dimension read):
 
-* ``tf adapter``     ``make_tf_dataset(url, batch_size=256, shuffle=...)`` (1 reader thread; and 2)
+* ``tf adapter``     ``make_tf_dataset(url, batch_size=256, shuffle=...)``: 1 reader thread, the same
+                     with ``.prefetch(AUTOTUNE)``, and 2 reader threads (``num_workers=2``)
 * ``torch adapter``  ``TorchDataset(url, batch_size=256, shuffle=...)`` iterated in-process
                      (``num_workers=0``: the same plan, no worker hand-off), and through
                      ``DataLoader(num_workers=2, persistent_workers=True)`` (the usual training setup)
