@@ -519,7 +519,11 @@ class PlannedStream:
             at = (i - int(self._id_starts[u])) * rb
             parts.append(data[at:at + take * rb])
             i += take
-        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) == 1:
+            flat = parts[0]
+        else:  # joined into a recycled (already faulted-in) array: the only copy of such a batch
+            flat = self._pool.empty((n * rb,), np.dtype(np.uint8))
+            np.concatenate(parts, out=flat)
         out = flat.view(dtype).reshape((n, *f.shape))
         # numpy copies into aligned memory; torch kernels (and DLPack) expect element alignment
         return out if out.flags.aligned else out.copy()
