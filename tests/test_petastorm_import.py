@@ -472,3 +472,38 @@ def test_non_nullable_field_with_nulls(tmp_path):
     pq.write_table(table, part)
     with pytest.raises(tsfs.CorruptDatasetError, match=r"row 4, field 'name'.*not nullable"):
         from_petastorm(str(ps), str(tmp_path / "out"))
+
+
+def test_opcode_decoder_matches_pickletools():
+    """The library decodes Petastorm's pickle itself (it never imports pickle); its opcode reader
+    agrees with the standard library's disassembler on every protocol."""
+    import pickle
+    import pickletools
+    from collections import OrderedDict as OD
+
+    from tensorstore_fs.converters._petastorm_schema import _genops
+
+    value = [None, True, False, 0, -1, 255, 65535, -(2**31), 2**31, 2**70, -(2**70), 1.5, float("inf"),
+             "", "é", "x" * 300, b"", b"\x00" * 300, (), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4),
+             {"a": [1, 2]}, {1, 2}, frozenset({3}), OD(a=1)]
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        data = pickle.dumps(value, protocol=proto)
+        ours = list(_genops(data))
+        theirs = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+        assert [n for n, _ in ours] == [n for n, _ in theirs], proto
+        for (name, a), (_, b) in zip(ours, theirs):
+            if name in ("GLOBAL", "INST", "FLOAT", "BINFLOAT") or a == b:
+                continue
+            assert a == b or (name == "INT" and bool(a) == b), (proto, name, a, b)
+
+
+def test_library_never_imports_pickle():
+    import re
+    from pathlib import Path
+
+    import tensorstore_fs
+
+    root = Path(tensorstore_fs.__file__).parent
+    offenders = [str(p) for p in root.rglob("*.py")
+                 if re.search(r"^\s*(import|from)\s+(c?pickle|pickletools|dill|cloudpickle)\b", p.read_text(), re.M)]
+    assert offenders == []

@@ -3,10 +3,11 @@
 Petastorm stores its schema as a pickle in the ``_common_metadata`` footer. Unpickling that with
 ``pickle.loads`` lets whoever wrote the dataset run any code (``os.system`` through ``REDUCE``);
 Petastorm's own "restricted" unpickler allows every name in ``builtins`` and ``numpy``, ``eval``
-included. Here :class:`_RestrictedUnpickler` resolves an explicit list of ``(module, name)`` pairs
+included. Here :func:`_interpret` — a small evaluator over opcodes decoded by :func:`_genops` (the
+``pickle`` and ``pickletools`` modules are never imported) — resolves an explicit list of ``(module, name)`` pairs
 to *local stand-ins* that only record the pickled state: nothing from petastorm, pyspark or numpy
 is imported, and the only callables a pickle can reach (through ``REDUCE``, ``NEWOBJ``, ``INST``
-or ``EXT``, which all go through ``find_class``) are the stand-ins' own small constructors.
+and ``OBJ``; ``EXT`` and persistent ids are refused) are the stand-ins' own small constructors.
 Everything else is refused with an error naming the ``module.name`` it asked for.
 
 The recorded state is then validated into frozen :class:`PetastormField` / :class:`PetastormSchema`
@@ -15,12 +16,12 @@ value objects, which map onto a tensorstore_fs :class:`~tensorstore_fs.schema.Sc
 
 from __future__ import annotations
 
-import io
+import codecs
 import logging
-import pickle
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -230,20 +231,266 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = _allowed_globals()
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler whose globals come only from :data:`ALLOWED_GLOBALS`."""
+def _find_class(module: str, name: str) -> Any:
+    """The stand-in for global ``module.name``; anything not allow-listed is refused."""
+    for legacy in _LEGACY_PACKAGES:
+        if module.startswith(legacy + "."):
+            module = "petastorm." + module[len(legacy) + 1:]
+    try:
+        return ALLOWED_GLOBALS[(module, name)]
+    except (KeyError, TypeError):
+        raise _Refused(f"{module}.{name}") from None
 
-    def find_class(self, module: str, name: str) -> Any:
-        for legacy in _LEGACY_PACKAGES:
-            if module.startswith(legacy + "."):
-                module = "petastorm." + module[len(legacy) + 1:]
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except (KeyError, TypeError):
-            raise _Refused(f"{module}.{name}") from None
 
-    def persistent_load(self, pid: Any) -> Any:
-        raise _Refused("persistent id")
+def _text(value: str) -> str:
+    """Python 2 ``str`` opcodes, decoded the way ``pickle.loads(..., encoding="utf-8")`` would."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
+def _build(obj: Any, state: Any) -> None:
+    """The BUILD opcode on a stand-in: ``__setstate__``, else plain attribute state."""
+    setstate = getattr(type(obj), "__setstate__", None)
+    if setstate is not None and setstate is not getattr(object, "__setstate__", None):
+        obj.__setstate__(state)
+        return
+    slots = None
+    if isinstance(state, tuple) and len(state) == 2:
+        state, slots = state
+    for mapping in (state, slots):
+        if mapping is None:
+            continue
+        if not isinstance(mapping, dict) or not all(isinstance(k, str) for k in mapping):
+            raise _Refused(f"state of {type(obj).__name__}")
+        for k, v in mapping.items():
+            setattr(obj, k, v)
+
+
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+_VALUES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
+           "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8",
+           "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"}
+
+
+# Pickle opcodes this reader understands: byte -> (name, argument kind). Decoded here rather
+# than with the pickle / pickletools modules, so nothing in the library can ever unpickle.
+_OPCODES: dict[int, tuple[str, str]] = {ord(c): v for c, v in {
+    "(": ("MARK", ""), ".": ("STOP", ""), "0": ("POP", ""), "1": ("POP_MARK", ""), "2": ("DUP", ""),
+    "F": ("FLOAT", "line"), "I": ("INT", "line"), "J": ("BININT", "i4"), "K": ("BININT1", "u1"),
+    "L": ("LONG", "line"), "M": ("BININT2", "u2"), "N": ("NONE", ""), "P": ("PERSID", "line"),
+    "Q": ("BINPERSID", ""), "R": ("REDUCE", ""), "S": ("STRING", "line"), "T": ("BINSTRING", "b4"),
+    "U": ("SHORT_BINSTRING", "b1"), "V": ("UNICODE", "line"), "X": ("BINUNICODE", "b4"),
+    "a": ("APPEND", ""), "b": ("BUILD", ""), "c": ("GLOBAL", "2lines"), "d": ("DICT", ""),
+    "}": ("EMPTY_DICT", ""), "e": ("APPENDS", ""), "g": ("GET", "line"), "h": ("BINGET", "u1"),
+    "i": ("INST", "2lines"), "j": ("LONG_BINGET", "u4"), "l": ("LIST", ""), "]": ("EMPTY_LIST", ""),
+    "o": ("OBJ", ""), "p": ("PUT", "line"), "q": ("BINPUT", "u1"), "r": ("LONG_BINPUT", "u4"),
+    "s": ("SETITEM", ""), "t": ("TUPLE", ""), ")": ("EMPTY_TUPLE", ""), "u": ("SETITEMS", ""),
+    "G": ("BINFLOAT", "f8"), "B": ("BINBYTES", "b4"), "C": ("SHORT_BINBYTES", "b1"),
+    "\x80": ("PROTO", "u1"), "\x81": ("NEWOBJ", ""), "\x82": ("EXT1", "u1"), "\x83": ("EXT2", "u2"),
+    "\x84": ("EXT4", "i4"), "\x85": ("TUPLE1", ""), "\x86": ("TUPLE2", ""), "\x87": ("TUPLE3", ""),
+    "\x88": ("NEWTRUE", ""), "\x89": ("NEWFALSE", ""), "\x8a": ("LONG1", "long1"),
+    "\x8b": ("LONG4", "long4"), "\x8c": ("SHORT_BINUNICODE", "b1"), "\x8d": ("BINUNICODE8", "b8"),
+    "\x8e": ("BINBYTES8", "b8"), "\x8f": ("EMPTY_SET", ""), "\x90": ("ADDITEMS", ""),
+    "\x91": ("FROZENSET", ""), "\x92": ("NEWOBJ_EX", ""), "\x93": ("STACK_GLOBAL", ""),
+    "\x94": ("MEMOIZE", ""), "\x95": ("FRAME", "u8"), "\x96": ("BYTEARRAY8", "b8"),
+    "\x97": ("NEXT_BUFFER", ""), "\x98": ("READONLY_BUFFER", ""),
+}.items()}
+_SIZED = {"u1": ("<B", 1), "u2": ("<H", 2), "i4": ("<i", 4), "u4": ("<I", 4), "u8": ("<Q", 8), "f8": (">d", 8)}
+_LENGTH = {"b1": ("<B", 1), "b4": ("<I", 4), "b8": ("<Q", 8), "long1": ("<B", 1), "long4": ("<i", 4)}
+
+
+def _line_value(name: str, raw: bytes) -> Any:
+    text = raw.decode("latin-1")
+    if name == "INT":  # protocol 0 writes booleans as INT 00 / 01
+        return {"00": False, "01": True}[text] if text in ("00", "01") else int(text)
+    if name == "LONG":
+        return int(text[:-1] if text.endswith("L") else text)
+    if name == "FLOAT":
+        return float(text)
+    if name == "UNICODE":
+        return raw.decode("raw-unicode-escape")
+    if name == "STRING":
+        if len(text) < 2 or text[0] != text[-1] or text[0] not in "'\"":
+            raise ValueError("STRING opcode argument is not quoted")
+        return codecs.escape_decode(raw[1:-1])[0].decode("latin-1")
+    if name in ("GET", "PUT"):
+        return int(text)
+    return text
+
+
+def _genops(data: bytes) -> Iterator[tuple[str, Any]]:
+    """``(opcode name, decoded argument)`` for each opcode of a pickle — decoding only."""
+    view = memoryview(data)
+    pos, end = 0, len(data)
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > end:
+            raise ValueError("pickle is truncated")
+        chunk = bytes(view[pos:pos + n])
+        pos += n
+        return chunk
+
+    def line() -> bytes:
+        nonlocal pos
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            raise ValueError("pickle is truncated")
+        chunk, pos = data[pos:nl], nl + 1
+        return chunk
+
+    while pos < end:
+        code = data[pos]
+        pos += 1
+        if code not in _OPCODES:
+            raise ValueError(f"unknown pickle opcode {code:#x}")
+        name, kind = _OPCODES[code]
+        if not kind:
+            arg: Any = None
+        elif kind == "line":
+            arg = _line_value(name, line())
+        elif kind == "2lines":
+            arg = line().decode("utf-8") + " " + line().decode("utf-8")
+        elif kind in _SIZED:
+            fmt, n = _SIZED[kind]
+            arg = struct.unpack(fmt, take(n))[0]
+        else:
+            fmt, n = _LENGTH[kind]
+            size = struct.unpack(fmt, take(n))[0]
+            if size < 0:
+                raise ValueError("negative length in pickle")
+            raw = take(size)
+            if kind in ("long1", "long4"):
+                arg = int.from_bytes(raw, "little", signed=True)
+            elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"):
+                arg = raw.decode("utf-8", "surrogatepass")
+            elif name in ("BINSTRING", "SHORT_BINSTRING"):
+                arg = raw.decode("latin-1")
+            else:
+                arg = raw
+        yield name, arg
+        if name == "STOP":
+            return
+
+
+def _interpret(data: bytes) -> Any:
+    """Evaluate a pickle with no ``pickle`` module: :func:`_genops` only decodes opcodes, and
+    this loop gives meaning to the small subset a Petastorm schema uses. Every global comes
+    from :func:`_find_class` (the allow-list of inert stand-ins), so the only callables a pickle
+    can reach are those stand-ins; persistent ids, extension codes and out-of-band buffers are
+    refused."""
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+
+    def pop_mark() -> list[Any]:
+        start = marks.pop()
+        items = stack[start:]
+        del stack[start:]
+        return items
+
+    for name, arg in _genops(data):
+        if name in ("PROTO", "FRAME"):
+            continue
+        if name == "STOP":
+            if len(stack) != 1:
+                raise ValueError("pickle ends with a malformed stack")
+            return stack[0]
+        if name in _CONSTANTS:
+            stack.append(_CONSTANTS[name])
+        elif name in _VALUES:
+            stack.append(arg)
+        elif name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+            stack.append(_text(arg))
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name == "POP":
+            stack.pop()
+        elif name == "POP_MARK":
+            pop_mark()
+        elif name == "DUP":
+            stack.append(stack[-1])
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1]
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo[arg])
+        elif name == "EMPTY_LIST":
+            stack.append([])
+        elif name == "EMPTY_DICT":
+            stack.append({})
+        elif name == "EMPTY_TUPLE":
+            stack.append(())
+        elif name == "EMPTY_SET":
+            stack.append(set())
+        elif name == "LIST":
+            stack.append(pop_mark())
+        elif name == "TUPLE":
+            stack.append(tuple(pop_mark()))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = tuple(stack[-n:])
+            del stack[-n:]
+            stack.append(items)
+        elif name == "DICT":
+            items = pop_mark()
+            stack.append(dict(zip(items[::2], items[1::2])))
+        elif name == "FROZENSET":
+            stack.append(frozenset(pop_mark()))
+        elif name == "APPEND":
+            value = stack.pop()
+            stack[-1].append(value)
+        elif name == "APPENDS":
+            items = pop_mark()
+            stack[-1].extend(items)
+        elif name == "ADDITEMS":
+            items = pop_mark()
+            stack[-1].update(items)
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            stack[-1][key] = value
+        elif name == "SETITEMS":
+            items = pop_mark()
+            target = stack[-1]
+            for k, v in zip(items[::2], items[1::2]):
+                target[k] = v
+        elif name == "GLOBAL":
+            module, _, attr = arg.partition(" ")
+            stack.append(_find_class(module, attr))
+        elif name == "STACK_GLOBAL":
+            attr, module = stack.pop(), stack.pop()
+            if not isinstance(module, str) or not isinstance(attr, str):
+                raise _Refused("a global named by non-strings")
+            stack.append(_find_class(module, attr))
+        elif name == "REDUCE":
+            args = stack.pop()
+            func = stack.pop()
+            stack.append(func(*args))
+        elif name == "NEWOBJ":
+            args = stack.pop()
+            cls = stack.pop()
+            stack.append(cls.__new__(cls, *args))
+        elif name == "NEWOBJ_EX":
+            kwargs, args = stack.pop(), stack.pop()
+            cls = stack.pop()
+            stack.append(cls.__new__(cls, *args, **kwargs))
+        elif name in ("INST", "OBJ"):
+            items = pop_mark()
+            if name == "INST":
+                module, _, attr = arg.partition(" ")
+                cls = _find_class(module, attr)
+            else:
+                cls, items = items[0], items[1:]
+            stack.append(cls(*items) if items or not isinstance(cls, type) else cls.__new__(cls))
+        elif name == "BUILD":
+            state = stack.pop()
+            _build(stack[-1], state)
+        else:  # PERSID, BINPERSID, EXT1/2/4, BYTEARRAY8, NEXT_BUFFER, READONLY_BUFFER, ...
+            raise _Refused(f"pickle opcode {name}")
+    raise ValueError("pickle has no STOP opcode")
 
 
 # -------------------------------------------------------------------------------------------
@@ -422,7 +669,7 @@ def _parse_field(key: Any, raw: Any) -> PetastormField:
 
 def _load(data: bytes, source: str) -> Any:
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="utf-8").load()
+        return _interpret(data)
     except _Refused as e:
         raise UnsupportedFormatError(
             f"{source}: the Petastorm schema pickle asks for {e}, which is not on the allow-list of "
