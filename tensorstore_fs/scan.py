@@ -12,7 +12,7 @@ import itertools
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -509,20 +509,28 @@ def read_batches(
     if not whole:
         yield from _stream_batches(pf, groups, columns, next_size)
         return
-    want = next_size()
+    decoded = (rb for rg in groups for rb in pf.read_row_group(rg, columns=columns, use_threads=True).to_batches())
+    yield from _recut(decoded, next_size(), next_size)
+
+
+def _recut(batches: Iterable[pa.RecordBatch], want: int, next_size: Any,
+           after: Any = None) -> Iterator[pa.RecordBatch]:
+    """Re-cut ``batches`` into batches of ``want``, then ``next_size()``, ... rows (the last may be
+    shorter), slicing without copies where one input batch holds a whole output batch.
+    ``after(rows still wanted)`` is called after each input batch."""
     buf: list[pa.RecordBatch] = []
     have = 0
-    for rg in groups:
-        table = pf.read_row_group(rg, columns=columns, use_threads=True)
-        for rb in table.to_batches():
-            if rb.num_rows:
-                buf.append(rb)
-                have += rb.num_rows
+    for rb in batches:
+        if rb.num_rows:
+            buf.append(rb)
+            have += rb.num_rows
         while have >= want:
             out, buf = _cut(buf, want)
             have -= want
             yield out
             want = next_size()
+        if after is not None:
+            after(want - have)
     if have:
         yield _cut(buf, have)[0]
 
@@ -551,19 +559,7 @@ def _stream_batches(pf: pq.ParquetFile, row_groups: list[int], columns: list[str
     """
     want = next_size()
     reader = pf.iter_batches(batch_size=want, row_groups=row_groups, columns=columns, use_threads=True)
-    buf: list[pa.RecordBatch] = []
-    have = 0
-    for rb in reader:
-        buf.append(rb)
-        have += rb.num_rows
-        while have >= want:
-            out, buf = _cut(buf, want)
-            have -= want
-            yield out
-            want = next_size()
-        pf.reader.set_batch_size(want - have)
-    if have:
-        yield _cut(buf, have)[0]
+    yield from _recut(reader, want, next_size, pf.reader.set_batch_size)
 
 
 def _cut(buf: list[pa.RecordBatch], n: int) -> tuple[pa.RecordBatch, list[pa.RecordBatch]]:
