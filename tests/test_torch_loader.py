@@ -222,6 +222,34 @@ def test_dataloader_workers_and_start_methods(url, num_workers, context):
     assert counts[0] == counts[1]
 
 
+def test_worker_hand_off_forms():
+    # what a worker's batch becomes on the way to the main process: small dense tensors travel by
+    # value in the pickle (no shared-memory block, no descriptor passing), larger ones in ONE
+    # shared block; both arrive as writable tensors with the values sent
+    from multiprocessing.reduction import ForkingPickler
+
+    from tensorstore_fs.readers.torch import INLINE_BYTES, share_batch
+
+    small = {"id": torch.arange(256), "label": torch.arange(256, dtype=torch.int32) % 10, "name": ["a"] * 256}
+    sent = share_batch(small)
+    assert sent["name"] is small["name"]
+    assert not any(isinstance(v, torch.Tensor) for k, v in sent.items() if k != "name")
+    got = ForkingPickler.loads(ForkingPickler.dumps(sent))
+    for k in ("id", "label"):
+        assert isinstance(got[k], torch.Tensor) and not got[k].is_shared()
+        assert got[k].dtype == small[k].dtype and torch.equal(got[k], small[k])
+        got[k][0] = 7  # writable, and the worker's tensor is untouched
+    assert small["id"][0] == 0
+
+    rows = INLINE_BYTES // 64 + 1  # just over the inline limit in all
+    big = {"image": torch.ones(rows, 64, dtype=torch.uint8), "label": torch.arange(rows)}
+    shared = share_batch(big)
+    assert all(v.is_shared() for v in shared.values())
+    assert shared["image"].untyped_storage().data_ptr() == shared["label"].untyped_storage().data_ptr()
+    assert all(v.data_ptr() % 64 == 0 for v in shared.values())
+    assert torch.equal(shared["image"], big["image"]) and torch.equal(shared["label"], big["label"])
+
+
 # -- 2. order: deterministic, per epoch, persistent workers vs set_epoch -----------------------------
 def test_stream_order_and_epochs(url):
     kw = dict(batch_size=10, shuffle=True, seed=7, with_row_ids=True)

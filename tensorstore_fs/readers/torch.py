@@ -49,6 +49,23 @@ def _file_tensor(rows: FileRows) -> torch.Tensor:
     return torch.from_numpy(rows.materialize())
 
 
+def _inline_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a)
+
+
+class _InlineTensor:
+    """A DataLoader worker's stand-in for a small tensor: pickles by value with the batch (see
+    :func:`share_batch`) and unpickles, in the main process, as a tensor of its own memory."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __reduce__(self) -> tuple[Any, tuple[np.ndarray]]:
+        return _inline_tensor, (self.array,)
+
+
 class _FileTensor:
     """A DataLoader worker's stand-in for a tensor: pickles as the rows' location (a few hundred
     bytes) and unpickles, in the main process, as the tensor itself."""
@@ -97,18 +114,28 @@ def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection
     return out
 
 
+INLINE_BYTES = 64 << 10  # dense tensors of a batch up to this size travel inside its pickle
+
+
 def share_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    """Move a batch's dense tensors into ONE shared-memory block (inside a DataLoader worker).
+    """Prepare a batch's dense tensors for the hand-off to the main process (inside a DataLoader worker).
 
     The DataLoader hands batches from workers to the main process through shared memory; it
-    would copy every tensor into a block of its own. Copying them into a single block here costs
-    the same copy but one allocation and one file descriptor per batch instead of one per tensor,
-    and torch then sends the block as it is.
+    would copy every tensor into a block of its own, and pass each block's file descriptor over a
+    socket. Here the dense tensors are copied into ONE block instead (one allocation and one
+    descriptor per batch), and when they are small in all (``INLINE_BYTES``: labels, ids, the
+    rest of a batch whose big tensors travel as file locations) they travel by value inside the
+    batch's pickle, which costs less than any shared-memory block.
     """
     dense = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.layout == torch.strided
              and not v.is_shared()]
     if not dense:
         return batch
+    if sum(batch[k].numel() * batch[k].element_size() for k in dense) <= INLINE_BYTES:
+        out = dict(batch)
+        for k in dense:
+            out[k] = _InlineTensor(batch[k].contiguous().numpy())
+        return out
     offsets, total = {}, 0
     for k in dense:
         t = batch[k]
