@@ -36,7 +36,7 @@ _lock = threading.Lock()  # batches may be unpickled on the DataLoader's pin-mem
 
 
 READ_MAPS = 8  # whole-file read-only maps kept per process for gathering (least recently used go)
-RELEASE_BYTES = 32 << 20  # gathered bytes between releases of the maps' resident pages
+RELEASE_BYTES = 128 << 20  # gathered bytes between releases of the maps' resident pages
 _read_maps: OrderedDict[str, mmap.mmap] = OrderedDict()
 _gathered_bytes = 0
 
