@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
 
 __all__ = ["ALIGN", "RecyclingPool", "aligned_empty"]
 
+SMALL_BYTES = 64 << 10  # arrays below this size are not recycled
 ALIGN = 64  # bytes: what TensorFlow needs to use a buffer without copying (and cache-line friendly)
 
 
 def aligned_empty(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """``(owner, array)``: an uninitialised ``array`` of ``shape`` starting on an ``ALIGN``-byte
     boundary inside the byte buffer ``owner``."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     buf = np.empty(nbytes + ALIGN, np.uint8)
     start = -buf.ctypes.data % ALIGN
     return buf, buf[start:start + nbytes].view(dtype).reshape(shape)
@@ -49,8 +51,12 @@ class RecyclingPool:
         raise AssertionError("unreachable")
 
     def empty(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """An ``ALIGN``-byte aligned array of ``shape``: a recycled one nobody holds, else a new one."""
+        """An ``ALIGN``-byte aligned array of ``shape``: a recycled one nobody holds, else a new one
+        (small arrays are always new: the allocator reuses their memory without page faults, and
+        a batch of many small columns would only search the pool in vain)."""
         dtype = np.dtype(dtype)
+        if math.prod(shape) * dtype.itemsize < SMALL_BYTES:
+            return aligned_empty(shape, dtype)[1]
         entries = self._free.setdefault((shape, dtype.str), [])
         for buf, arr in entries:
             if (sys.getrefcount(buf), sys.getrefcount(arr)) == self._idle:  # nobody but the pool holds it

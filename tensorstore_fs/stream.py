@@ -7,6 +7,7 @@ The framework adapters (``readers.torch``, ``readers.tf``) are thin layers over
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -17,12 +18,14 @@ import pyarrow.parquet as pq
 
 from .dataset import Dataset, open_dataset
 from .encoding import decode_column, storage_columns
+from ._pool import ALIGN, SMALL_BYTES, aligned_empty
 from ._pool import RecyclingPool as _RecyclingPool
 from .filemap import FileRows, private_view
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
 from .pages import plain_values_offset
 from .predicates import Predicate
+from .schema import Field
 from .scan import Scanner, all_row_groups, read_batches
 from .world import World
 
@@ -558,9 +561,18 @@ class PlannedStream:
             skip = 0
         return segs
 
-    def _contiguous(self, files: _Files, first_id: int, sizes: list[int], cols: list[str]) -> Iterator[pa.Table]:
+    def _contiguous(self, files: _Files, first_id: int, sizes: list[int], cols: list[str]
+                    ) -> Iterator[tuple[pa.Table | None, dict[str, Any]]]:
         """Rows [first_id, first_id + sum(sizes)) in storage order, as exact-size batches decoded
-        straight from Parquet (a batch is re-assembled only where it spans two shard files)."""
+        straight from Parquet (a batch is re-assembled only where it spans two shard files).
+
+        Each batch is ``(table, decoded)``: fields of one value per row (scalars, fixed-shape
+        tensors, strings) are decoded once per read and arrive as writable numpy slices in
+        ``decoded``; variable-shape fields, whose padding depends on the batch, stay in ``table``
+        (None when there are none)."""
+        schema = self.ds.schema
+        sliced = [c for c in cols if not schema.field(c).is_variable]
+        rest = [c for c in cols if c not in sliced]
         cur, have, pending = 0, 0, []
         for shard, rgs, skip, nrows in self._segments(first_id, sum(sizes)):
             pieces, left, c, h = [], nrows, cur, have
@@ -572,7 +584,7 @@ class PlannedStream:
                 if h == sizes[c]:
                     c, h = c + 1, 0
             reads = _merge_pieces(pieces, self._read_rows)
-            it = read_batches(files.get(shard), rgs, storage_columns(self.ds.schema, cols),
+            it = read_batches(files.get(shard), rgs, storage_columns(schema, cols),
                               ([skip] if skip else []) + [sum(r) for r in reads], 1)
             try:
                 if skip:
@@ -581,13 +593,15 @@ class PlannedStream:
                     rb = next(it, None)
                     if rb is None or rb.num_rows != sum(group):
                         raise CorruptDatasetError(f"{self.ds.url}: shard {shard} holds fewer rows than its manifest says")
+                    decoded = _decode_writable(rb, [schema.field(c) for c in sliced])
                     offset = 0
                     for want in group:  # zero-copy slices of one decoded read
-                        pending.append(pa.Table.from_batches([rb.slice(offset, want)]))
+                        pending.append((rb.slice(offset, want) if rest else None,
+                                        {k: v[offset:offset + want] for k, v in decoded.items()}))
                         offset += want
                         have += want
                         if have == sizes[cur]:
-                            yield pending[0] if len(pending) == 1 else pa.concat_tables(pending)
+                            yield pending[0] if len(pending) == 1 else _join_pieces(pending)
                             cur, have, pending = cur + 1, 0, []
             finally:
                 it.close()
@@ -654,14 +668,15 @@ class PlannedStream:
         # runs of consecutive rows from one row group (the plan keeps a batch's rows grouped)
         cuts = np.concatenate([[0], np.flatnonzero(np.diff(units)) + 1, [n]]).astype(np.int64)
         runs = [(int(units[a]), int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-        arrow_fields = []
+        arrow_fields, dense = [], []
         for name in cols:
             f = self.ds.schema.field(name)
             views = {u: loaded[u].dense(name, f) for u in slots}
             if any(v is None for v in views.values()):
                 arrow_fields.append(name)
-                continue
-            values = self._pool.empty((n, *f.shape), f.numpy_dtype)
+            else:
+                dense.append((name, f, views))
+        for (name, f, views), values in zip(dense, self._batch_arrays(n, [f for _, f, _ in dense])):
             for u, a, b in runs:  # one copy, straight into the batch
                 # mode="clip": with the default mode="raise" numpy buffers ``out`` (a second copy,
                 # 3-10x slower); the indices come from the plan and are always in range
@@ -681,6 +696,26 @@ class PlannedStream:
                 out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
         return {name: out[name] for name in self._output_order(out)}
 
+    def _batch_arrays(self, n: int, fields: list[Field]) -> list[np.ndarray]:
+        """Uninitialised ``(n, *shape)`` arrays for ``fields``: large ones recycled from the pool,
+        the small ones carved from one fresh block (one allocation a batch, each 64-byte aligned)."""
+        shapes = [(n, *f.shape) for f in fields]
+        sizes = [math.prod(shape) * f.numpy_dtype.itemsize for shape, f in zip(shapes, fields)]
+        small = [i for i, size in enumerate(sizes) if size < SMALL_BYTES]
+        arrays: list[Any] = [None] * len(fields)
+        if len(small) > 1:
+            starts, total = [], 0
+            for i in small:
+                starts.append(total)
+                total += -(-sizes[i] // ALIGN) * ALIGN
+            _, block = aligned_empty((total,), np.dtype(np.uint8))
+            for i, at in zip(small, starts):
+                arrays[i] = block[at:at + sizes[i]].view(fields[i].numpy_dtype).reshape(shapes[i])
+        for i, f in enumerate(fields):
+            if arrays[i] is None:
+                arrays[i] = self._pool.empty(shapes[i], f.numpy_dtype)
+        return arrays
+
     def _output_order(self, out: dict[str, Any]) -> list[str]:
         order = []
         for name in self.columns:
@@ -693,13 +728,46 @@ class PlannedStream:
             out = table
         else:
             out = {}
+            if isinstance(table, tuple):  # from _contiguous: (variable-shape fields, the others decoded)
+                table, decoded = table
+                out.update(decoded)
             for name in cols if table is not None else ():
-                out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
+                if name not in out:
+                    out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
+            if len(out) > 1:
+                out = {k: out[k] for k in self._output_order(out)}
         if self.spec.remainder == "pad":
             out[PAD_COLUMN] = pad
         if self.with_row_ids:
             out[ROW_ID_COLUMN] = self.row_ids(ids)
         return out
+
+
+def _decode_writable(rb: pa.RecordBatch, fields: Sequence[Field]) -> dict[str, Any]:
+    """Fields of one value per row decoded from a whole read, as writable arrays (read-only
+    decodes, such as Arrow's zero-copy scalar columns, are copied once here rather than once per
+    batch by the framework adapters)."""
+    out: dict[str, Any] = {}
+    for f in fields:
+        for k, v in decode_column(rb, f).items():
+            if isinstance(v, np.ma.MaskedArray):
+                if not v.data.flags.writeable:
+                    v = np.ma.MaskedArray(v.data.copy(), mask=np.ma.getmaskarray(v))
+            elif isinstance(v, np.ndarray) and v.dtype != object and not v.flags.writeable:
+                v = v.copy()
+            out[k] = v
+    return out
+
+
+def _join_pieces(pieces: list[tuple[pa.RecordBatch | None, dict[str, Any]]]) -> tuple[pa.Table | None, dict[str, Any]]:
+    """One batch from the pieces of it that came from successive reads."""
+    batches = [rb for rb, _ in pieces]
+    table = None if batches[0] is None else pa.Table.from_batches(batches)
+    decoded: dict[str, Any] = {}
+    for k, first in pieces[0][1].items():
+        parts = [d[k] for _, d in pieces]
+        decoded[k] = np.ma.concatenate(parts) if isinstance(first, np.ma.MaskedArray) else np.concatenate(parts)
+    return table, decoded
 
 
 def window_rows(ds: Dataset, eligible_rows: int, batch_size: int, window_bytes: int) -> int:

@@ -222,6 +222,22 @@ def test_dataloader_workers_and_start_methods(url, num_workers, context):
     assert counts[0] == counts[1]
 
 
+def test_in_process_batches_are_private_and_writable(url):
+    # in-process, consecutive rows are sliced out of one decode per read (not decoded per batch):
+    # a write to one batch must reach neither the batches beside it nor the next epoch
+    ds = TorchDataset(url, batch_size=48, with_row_ids=True)
+    first = list(ds)
+    for b in first:
+        for k in ("id", "label", "score", "emb"):
+            b[k].add_(1)
+    for b in list(ds):
+        check_full_batch(b, 48)
+    for b in first:
+        rid = b["__row_id__"].numpy()
+        assert np.array_equal(b["id"].numpy(), rid + 1)
+        assert np.array_equal(b["label"].numpy(), rid % 10 + 1)
+
+
 def test_worker_hand_off_forms():
     # what a worker's batch becomes on the way to the main process: small dense tensors travel by
     # value in the pickle (no shared-memory block, no descriptor passing), larger ones in ONE
