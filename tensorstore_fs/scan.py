@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,9 @@ import pyarrow.parquet as pq
 
 from .encoding import arrow_schema, decode_column, storage_columns
 from .errors import CorruptDatasetError, InvalidArgumentError
+from .filemap import private_view
 from .manifest import Manifest
+from .pages import plain_values_offset
 from .predicates import Predicate
 from .schema import Schema
 from .storage import Storage
@@ -326,11 +329,44 @@ class Scanner:
                     for ref in refs:
                         yield from self._row_group_table(pf, ref, rel)
                 else:
-                    yield from self._stream_row_groups(pf, refs, rel)
+                    yield from self._stream_row_groups(pf, refs, rel, source)
             finally:
                 source.close()
 
-    def _stream_row_groups(self, pf: pq.ParquetFile, refs: list[RowGroupRef], rel: str) -> Iterator[pa.Table]:
+    def _direct(self, pf: pq.ParquetFile, source: Any, rel: str) -> Callable[[int], dict[str, pa.Array]] | None:
+        """For :func:`read_batches`: the fixed-shape tensor columns of a row group that a local
+        file holds as one plain page, as arrays over a private copy-on-write map of those bytes
+        (no decode, no copy; writes stay private to the batch; values that are not
+        element-aligned in the file are copied once). None where nothing qualifies."""
+        if not self.storage.is_local or not isinstance(source, pa.MemoryMappedFile):
+            return None
+        fixed = {}
+        for name in self.columns:
+            f = self.schema.field(name)
+            index = pf.schema_arrow.get_field_index(name)
+            if f.is_fixed_tensor and not f.nullable and f.dtype != "bool" and index >= 0:
+                fixed[name] = (index, f.row_nbytes, f.numpy_dtype.itemsize)
+        if not fixed:
+            return None
+        path = os.path.abspath(self.storage.path(rel))
+
+        def direct(rg: int) -> dict[str, pa.Array]:
+            meta = pf.metadata.row_group(rg)
+            n = meta.num_rows
+            out: dict[str, pa.Array] = {}
+            for name, (index, nbytes, itemsize) in fixed.items():
+                offset = plain_values_offset(source.read_at, meta.column(index), n, nbytes) if n else None
+                if offset is not None:
+                    view = private_view(path, offset, n * nbytes)
+                    if offset % itemsize:  # values not element-aligned in the file: one aligning copy
+                        view = view.copy()
+                    out[name] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(nbytes), n, [None, pa.py_buffer(view)])
+            return out
+
+        return direct
+
+    def _stream_row_groups(self, pf: pq.ParquetFile, refs: list[RowGroupRef], rel: str,
+                           source: Any = None) -> Iterator[pa.Table]:
         cols = self._storage_cols
         self._account(pf, refs, cols)
         bs = self.batch_size
@@ -342,7 +378,8 @@ class Scanner:
                 yield table
             return
         try:
-            for rb in read_batches(pf, [r.row_group for r in refs], cols, [first], bs, limit=self._row_limit):
+            for rb in read_batches(pf, [r.row_group for r in refs], cols, [first], bs, limit=self._row_limit,
+                                   direct=self._direct(pf, source, rel)):
                 self.stats.rows_matched += rb.num_rows
                 yield pa.Table.from_batches([rb])
         except (pa.ArrowInvalid, OSError) as e:
@@ -463,6 +500,7 @@ def read_batches(
     then: int,
     *,
     limit: int | None = None,
+    direct: Callable[[int], dict[str, pa.Array]] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Decode ``row_groups`` of ``pf`` as record batches of ``sizes[0]``, ``sizes[1]``, ... rows,
     then ``then`` rows each (the last batch may be shorter).
@@ -487,6 +525,9 @@ def read_batches(
     limit : int, optional
         At most this many rows will be consumed. Where that is under half of the first row
         group, pyarrow's batch reader decodes only the pages needed instead of whole row groups.
+    direct : callable, optional
+        ``direct(row_group)`` gives columns of that row group that need no decoding (arrays
+        over the file's own bytes, see :mod:`tensorstore_fs.pages`); pyarrow decodes the rest.
 
     Yields
     ------
@@ -502,15 +543,28 @@ def read_batches(
     whole = hasattr(pf, "read_row_group") and hasattr(pf, "metadata")
     if whole and limit is not None and groups and 2 * limit < pf.metadata.row_group(groups[0]).num_rows:
         whole = False
-    if whole and groups and _row_bytes(pf, groups[0], columns) >= WIDE_ROW_BYTES:
-        # wide rows (tensors): the batch reader decodes a batch that spans row groups straight
-        # into one buffer; whole row groups would cost a second copy for every such batch
+    first = direct(groups[0]) if whole and direct is not None and groups else {}
+    if whole and groups and _row_bytes(pf, groups[0], [c for c in columns if c not in first]) >= WIDE_ROW_BYTES:
+        # wide rows to decode (tensors): the batch reader decodes a batch that spans row groups
+        # straight into one buffer; whole row groups would cost a second copy for every such batch
         whole = False
     if not whole:
         yield from _stream_batches(pf, groups, columns, next_size)
         return
-    decoded = (rb for rg in groups for rb in pf.read_row_group(rg, columns=columns, use_threads=True).to_batches())
-    yield from _recut(decoded, next_size(), next_size)
+
+    def decoded() -> Iterator[pa.RecordBatch]:
+        for i, rg in enumerate(groups):
+            mapped = first if i == 0 else direct(rg) if direct is not None else {}
+            if not mapped:
+                yield from pf.read_row_group(rg, columns=columns, use_threads=True).to_batches()
+                continue
+            rest = [c for c in columns if c not in mapped]
+            table = pf.read_row_group(rg, columns=rest, use_threads=True) if rest else None
+            schema = pa.schema([pf.schema_arrow.field(c) for c in columns], metadata=pf.schema_arrow.metadata)
+            arrays = [pa.chunked_array([mapped[c]]) if c in mapped else table.column(c) for c in columns]
+            yield from pa.Table.from_arrays(arrays, schema=schema).to_batches()
+
+    yield from _recut(decoded(), next_size(), next_size)
 
 
 def _recut(batches: Iterable[pa.RecordBatch], want: int, next_size: Any,

@@ -54,3 +54,43 @@ def test_subset_of_row_groups(parquet_file):
     out = list(read_batches(parquet_file, [1, 3], ["a"], [5], 1000))
     vals = np.concatenate([b.column(0).to_numpy() for b in out])
     assert np.array_equal(vals, np.r_[2519:5038, 7557:10000])
+
+
+def test_to_batches_maps_plain_tensor_pages_privately(tmp_path, monkeypatch):
+    # Dataset.to_batches on a local dataset takes fixed-shape tensor columns straight from the
+    # file's pages (private copy-on-write maps; float values at unaligned offsets get one
+    # aligning copy): values exact, batches spanning row groups joined, every array writable,
+    # and a write never reaches another batch, the file or a later read
+    import tensorstore_fs as tsfs
+    import tensorstore_fs.scan as scan
+
+    n = 2000
+    ids = np.arange(n)
+    cols = {"id": ids, "image": (ids[:, None, None] + np.arange(12).reshape(3, 4)).astype(np.uint8),
+            "emb": (ids[:, None] * 0.5 + np.arange(5)).astype(np.float32),
+            "opt": [None if i % 9 == 0 else np.full(2, i, np.float32) for i in ids]}
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("image", "uint8", (3, 4)),
+                          tsfs.Field("emb", "float32", (5,)), tsfs.Field("opt", "float32", (2,), nullable=True)])
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), cols, schema, row_group_bytes=20_000, shard_bytes=60_000)
+    maps = []
+    real = scan.private_view
+    monkeypatch.setattr(scan, "private_view", lambda *a: maps.append(a) or real(*a))
+    for bs in (7, 300):
+        batches = list(ds.to_batches(batch_size=bs))
+        assert maps, "the mapped path was not taken"
+        got = {k: np.concatenate([b[k] for b in batches]) for k in ("id", "image", "emb")}
+        assert np.array_equal(got["id"], ids)
+        assert np.array_equal(got["image"], cols["image"]) and np.array_equal(got["emb"], cols["emb"])
+        opt = np.ma.concatenate([b["opt"] for b in batches])
+        assert np.array_equal(opt.mask.any(axis=1), ids % 9 == 0)
+        assert np.array_equal(opt[ids % 9 != 0].data[:, 0], ids[ids % 9 != 0].astype(np.float32))
+        for b in batches:
+            assert b["image"].flags.writeable and b["emb"].flags.writeable and b["emb"].flags.aligned
+            b["image"] += 1
+            b["emb"] *= 0
+        for b in batches:
+            first = int(b["id"][0])
+            assert np.array_equal(b["image"], cols["image"][first:first + len(b["id"])] + 1)
+        again = {k: np.concatenate([b[k] for b in ds.to_batches(batch_size=bs)]) for k in ("image", "emb")}
+        assert np.array_equal(again["image"], cols["image"]) and np.array_equal(again["emb"], cols["emb"])
+    ds.verify()  # the shard files are untouched (raises on a checksum mismatch)
