@@ -139,13 +139,13 @@ def _encoded(f, rows):
     return encode_batch(cols, schema, arrow_schema(schema))
 
 
-def _random_rows(rng, f, n, nulls):
+def _random_rows(rng, f, n, nulls, longest=6):
     rows = []
     for _ in range(n):
         if nulls and rng.random() < 0.2:
             rows.append(None)
             continue
-        shape = tuple(int(rng.integers(0, 6)) if d is None else d for d in f.shape)
+        shape = tuple(int(rng.integers(0, longest)) if d is None else d for d in f.shape)
         rows.append((rng.integers(-100, 100, shape)).astype(f.numpy_dtype))
     return rows
 
@@ -156,10 +156,11 @@ SHAPES = [(None,), (None, 3), (None, 2, 2), (None, None), (2, None)]
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", ["int32", "float16", "uint8", "float64", "bool"])
 @pytest.mark.parametrize("nulls", [False, True])
-def test_variable_rows_and_padding_match_reference(shape, dtype, nulls):
-    rng = np.random.default_rng(len(shape) * 7 + len(dtype) + nulls)
+@pytest.mark.parametrize("longest", [6, 300], ids=["short", "long"])  # padding by mask / row by row
+def test_variable_rows_and_padding_match_reference(shape, dtype, nulls, longest):
+    rng = np.random.default_rng(len(shape) * 7 + len(dtype) + nulls + longest)
     f = tsfs.Field("v", dtype, shape, nullable=nulls)
-    rows = _random_rows(rng, f, 60, nulls)
+    rows = _random_rows(rng, f, 60, nulls, longest if len(shape) == 1 or shape[1] is not None else 20)
     rb = _encoded(f, rows)
     for start, length in [(0, 60), (5, 30), (59, 1), (10, 0)]:
         part = rb.slice(start, length)
