@@ -398,7 +398,11 @@ class PlannedStream:
                 sizes = [sum(len(ids) for ids, _ in g) for g in groups]
                 run_ids = np.concatenate([ids for ids, _ in batches])
                 mapped = self.map_private and contiguous and not self.file_backed
-                located = self._file_columns(files, run_ids) if self.file_backed or mapped else ()
+                # a contiguous run may span every shard: locate its columns from the first batch's
+                # row groups and check each later batch's as it comes, so the first batch never
+                # waits for every file of the run to be opened
+                located = (self._file_columns(files, groups[0][0][0] if contiguous else run_ids, contiguous)
+                           if self.file_backed or mapped else ())
                 cols = [c for c in self.columns if c not in located]
                 if not cols:
                     tables: Iterator[Any] = iter([None] * len(groups))
@@ -412,11 +416,15 @@ class PlannedStream:
                     else:
                         ids, pad = (np.concatenate(parts) for parts in zip(*group))
                     out = self._decode(table, ids, pad, cols)
-                    if located and mapped:
-                        out.update((c, self._mapped_rows(c, int(ids[0]), len(ids), maps)) for c in located)
-                    elif located:
-                        out.update((c, self._file_rows(c, ids)) for c in located)
                     if located:
+                        here = self._file_columns(files, ids, True, located) if contiguous else located
+                        if len(here) < len(located):  # a row group that stores a column otherwise: decode it
+                            out.update(next(self._gathered(files, cache, ids, [len(ids)],
+                                                           [c for c in located if c not in here])))
+                        if mapped:
+                            out.update((c, self._mapped_rows(c, int(ids[0]), len(ids), maps)) for c in here)
+                        else:
+                            out.update((c, self._file_rows(c, ids)) for c in here)
                         out = {k: out[k] for k in self._output_order(out) + [k for k in out if k.startswith("__")]}
                     yield out, [len(i) for i, _ in group]
         finally:
@@ -482,14 +490,20 @@ class PlannedStream:
             self._chunk_offsets[key] = offset
         return self._chunk_offsets[key]
 
-    def _file_columns(self, files: _Files, ids: np.ndarray) -> tuple[str, ...]:
-        """Columns every row of ``ids`` can be located for in a file (fixed-shape, no nulls, one
-        plain page per row group)."""
+    def _file_columns(self, files: _Files, ids: np.ndarray, contiguous: bool = False,
+                      among: Sequence[str] | None = None) -> tuple[str, ...]:
+        """Columns (of ``among``, default all) every row of ``ids`` can be located for in a file
+        (fixed-shape, no nulls, one plain page per row group); ``contiguous``: ``ids`` are
+        consecutive ids, so their row groups are a range."""
         if not len(ids):
             return ()
-        units = np.unique(np.searchsorted(self._id_starts, ids, side="right") - 1)
+        if contiguous:
+            first, last = np.searchsorted(self._id_starts, (ids[0], ids[-1]), side="right") - 1
+            units = range(int(first), int(last) + 1)
+        else:
+            units = np.unique(np.searchsorted(self._id_starts, ids, side="right") - 1)
         out = []
-        for name in self.columns:
+        for name in self.columns if among is None else among:
             f = self.ds.schema.field(name)
             if f.is_fixed_tensor and not f.nullable and f.dtype != "bool" and all(
                     self._chunk_offset(files, int(u), name) is not None for u in units):
