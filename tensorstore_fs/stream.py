@@ -136,16 +136,18 @@ def _merge_pieces(pieces: list[int], max_rows: int) -> list[list[int]]:
     return reads
 
 
-def _group_batches(batches: list[tuple[np.ndarray, np.ndarray]], chunk_rows: int
+def _group_batches(batches: list[tuple[np.ndarray, np.ndarray]], chunk_rows: int, first_alone: bool = False
                    ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     """Consecutive batches of equal size grouped up to ``chunk_rows`` rows (each group at least
-    one batch), so a group reshapes to ``(batches, batch size, ...)``."""
+    one batch), so a group reshapes to ``(batches, batch size, ...)``; ``first_alone``: the first
+    batch is a group of its own (a pass's first batch is not held back by the ones after it)."""
     if chunk_rows <= 0:
         return [[b] for b in batches]
     groups: list[list[tuple[np.ndarray, np.ndarray]]] = []
     rows = 0
     for b in batches:
-        if groups and rows + len(b[0]) <= chunk_rows and len(b[0]) == len(groups[-1][0][0]):
+        if groups and rows + len(b[0]) <= chunk_rows and len(b[0]) == len(groups[-1][0][0]) and not (
+                first_alone and len(groups) == 1):
             groups[-1].append(b)
             rows += len(b[0])
         else:
@@ -393,8 +395,8 @@ class PlannedStream:
         cache: dict[int, _Unit] = {}
         maps: dict[Any, np.ndarray] = {}  # current row groups' private maps (map_private); batches keep theirs
         try:
-            for contiguous, batches in self._runs(plan.worker_batches(rank, worker, num_workers, skip)):
-                groups = _group_batches(batches, chunk_rows)
+            for i, (contiguous, batches) in enumerate(self._runs(plan.worker_batches(rank, worker, num_workers, skip))):
+                groups = _group_batches(batches, chunk_rows, first_alone=i == 0)
                 sizes = [sum(len(ids) for ids, _ in g) for g in groups]
                 run_ids = np.concatenate([ids for ids, _ in batches])
                 mapped = self.map_private and contiguous and not self.file_backed

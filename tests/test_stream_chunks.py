@@ -51,3 +51,5 @@ def test_group_batches():
     assert [[len(x[0]) for x in g] for g in _group_batches(b, 8)] == [[4, 4], [4], [3], [4]]
     assert [[len(x[0]) for x in g] for g in _group_batches(b, 0)] == [[4], [4], [4], [3], [4]]
     assert [[len(x[0]) for x in g] for g in _group_batches(b, 2)] == [[4], [4], [4], [3], [4]]
+    assert [[len(x[0]) for x in g] for g in _group_batches(b, 8, first_alone=True)] == [[4], [4, 4], [3], [4]]
+    assert [[len(x[0]) for x in g] for g in _group_batches(b, 0, first_alone=True)] == [[4], [4], [4], [3], [4]]
