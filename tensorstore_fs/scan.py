@@ -280,7 +280,7 @@ class Scanner:
     def _read(self, pf: pq.ParquetFile, ref: RowGroupRef, fields: list[str], rel: str, *, account: bool = True) -> pa.Table:
         cols = storage_columns(self.schema, fields)
         try:
-            table = pf.read_row_group(ref.row_group, columns=cols, use_threads=True)
+            table = pf.read_row_group(ref.row_group, columns=cols, use_threads=use_threads(pf, ref.row_group, cols))
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptDatasetError(f"{self.storage.url}/{rel}: row group {ref.row_group} unreadable: {e}") from None
         if account:
@@ -553,13 +553,18 @@ def read_batches(
         return
 
     def decoded() -> Iterator[pa.RecordBatch]:
+        if not first:  # nothing mapped: decode runs of small row groups in one call each
+            for run in _runs_by_bytes(pf, groups, columns, GROUPED_READ_BYTES):
+                threads = any(use_threads(pf, rg, columns) for rg in run)
+                yield from pf.read_row_groups(run, columns=columns, use_threads=threads).to_batches()
+            return
         for i, rg in enumerate(groups):
             mapped = first if i == 0 else direct(rg) if direct is not None else {}
             if not mapped:
-                yield from pf.read_row_group(rg, columns=columns, use_threads=True).to_batches()
+                yield from pf.read_row_group(rg, columns=columns, use_threads=use_threads(pf, rg, columns)).to_batches()
                 continue
             rest = [c for c in columns if c not in mapped]
-            table = pf.read_row_group(rg, columns=rest, use_threads=True) if rest else None
+            table = pf.read_row_group(rg, columns=rest, use_threads=use_threads(pf, rg, rest)) if rest else None
             schema = pa.schema([pf.schema_arrow.field(c) for c in columns], metadata=pf.schema_arrow.metadata)
             arrays = [pa.chunked_array([mapped[c]]) if c in mapped else table.column(c) for c in columns]
             yield from pa.Table.from_arrays(arrays, schema=schema).to_batches()
@@ -590,6 +595,34 @@ def _recut(batches: Iterable[pa.RecordBatch], want: int, next_size: Any,
 
 
 WIDE_ROW_BYTES = 512  # decoded bytes per row from which the batch reader beats whole row groups
+THREADED_READ_BYTES = 64 << 10  # decoded bytes of a row group read from which pyarrow's threads pay
+
+
+GROUPED_READ_BYTES = 4 << 20  # decoded bytes up to which consecutive row groups are read in one call
+
+
+def _runs_by_bytes(pf: pq.ParquetFile, groups: Sequence[int], columns: list[str], limit: int) -> Iterator[list[int]]:
+    """``groups`` in consecutive runs of at most ``limit`` decoded bytes (a bigger row group alone)."""
+    run: list[int] = []
+    nbytes = 0
+    for rg in groups:
+        size = _row_bytes(pf, rg, columns) * pf.metadata.row_group(rg).num_rows
+        if run and nbytes + size > limit:
+            yield run
+            run, nbytes = [], 0
+        run.append(rg)
+        nbytes += size
+    if run:
+        yield run
+
+
+def use_threads(pf: pq.ParquetFile, rg: int, columns: Sequence[str]) -> bool:
+    """Whether reading ``columns`` of row group ``rg`` is worth pyarrow's thread pool: it decodes
+    columns in parallel, so never for one column, and its hand-off costs more than it saves on
+    small reads (it doubled the time of reading one small column here)."""
+    if len(columns) < 2:
+        return False
+    return _row_bytes(pf, rg, list(columns)) * pf.metadata.row_group(rg).num_rows >= THREADED_READ_BYTES
 
 
 def _row_bytes(pf: pq.ParquetFile, rg: int, columns: list[str]) -> float:

@@ -26,7 +26,7 @@ from .plan import EpochPlan, PlanSpec, Segment
 from .pages import plain_values_offset
 from .predicates import Predicate
 from .schema import Field
-from .scan import Scanner, all_row_groups, read_batches
+from .scan import Scanner, all_row_groups, read_batches, use_threads
 from .world import World
 
 __all__ = ["Selection", "PlannedStream", "StreamState", "open_stream", "window_rows", "check_num_epochs", "PAD_COLUMN", "ROW_ID_COLUMN", "STATE_FORMAT"]
@@ -632,7 +632,7 @@ class PlannedStream:
             direct = self._direct_views(pf, files.source(shard), rg, cols)
             rest = [c for c in storage_columns(self.ds.schema, cols) if c not in direct]
             try:
-                table = pf.read_row_group(rg, columns=rest, use_threads=True) if rest else pa.table({})
+                table = pf.read_row_group(rg, columns=rest, use_threads=use_threads(pf, rg, rest)) if rest else pa.table({})
             except (pa.ArrowInvalid, OSError) as e:
                 raise CorruptDatasetError(f"{self.ds.url}: row group {u} unreadable: {e}") from None
             cache[key] = _Unit(table, direct)
