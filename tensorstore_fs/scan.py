@@ -543,6 +543,11 @@ def read_batches(
     whole = hasattr(pf, "read_row_group") and hasattr(pf, "metadata")
     if whole and limit is not None and groups and 2 * limit < pf.metadata.row_group(groups[0]).num_rows:
         whole = False
+    if direct is not None and groups and 3 * then > 2 * pf.metadata.row_group(groups[0]).num_rows:
+        # mapped values cost nothing for a batch inside one row group, but a batch that spans two
+        # is joined (faulting the map in, then copying): past ~2/3 of a row group a batch, most
+        # batches span and the decoder's one copy is cheaper (measured crossover)
+        direct = None
     first = direct(groups[0]) if whole and direct is not None and groups else {}
     if whole and groups and _row_bytes(pf, groups[0], [c for c in columns if c not in first]) >= WIDE_ROW_BYTES:
         # wide rows to decode (tensors): the batch reader decodes a batch that spans row groups

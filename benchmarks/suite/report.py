@@ -261,14 +261,15 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
         note = (f"{math.ceil(n / prg)} row group(s) of up to {min(n, prg):,} rows" if prg else "row groups of ~8 MB")
         parts.append(f"make_batch_reader hands over each whole row group decoded column-wise by pyarrow (here "
                      f"{note}) and BatchedDataLoader cuts 256-row "
-                     f"batches out of it with torch indexing, where tsfs decodes every 256-row batch separately "
-                     f"through pyarrow's ParquetFile.iter_batches ({batches:,} batches here)")
+                     f"batches out of it with torch indexing; tsfs also decodes row groups whole and cuts batches, but "
+                     f"each of its {batches:,} batches is a dict of one tensor per column (slice, dict, tensor "
+                     f"wrapping per column and batch) and its shuffle draws rows from several row groups")
     elif winner == "pyarrow" and measure in ("seq", "project", "shuffle") and ok(te) and ok(we):
         extra_us = (te["median_s"] - we["median_s"] * te["rows"] / we["rows"]) / batches * 1e6
         parts.append(f"{tsfs_name} spends {extra_us:,.0f} µs more per 256-row batch than the raw read, which decodes "
-                     f"whole row groups ({rg or '?':,} rows) in one read_row_group call with no slicing and no "
-                     f"per-batch dict or tensors; tsfs decodes each 256-row batch through pyarrow's "
-                     f"ParquetFile.iter_batches, whose fixed cost per batch and column dominates small columns")
+                     f"whole row groups ({rg or '?':,} rows) and never cuts batches; tsfs decodes the same row "
+                     f"groups (tensors: mapped from the file) but cuts 256-row batches, each a dict of arrays or "
+                     f"tensors, and that fixed cost per batch and column dominates small rows")
         if kind == "tokens":
             parts.append("token rows cost a numpy view per row in tsfs (to_batches: a list of arrays; torch/tf: "
                          "padded or ragged per batch), where the raw read keeps flat values + offsets")
@@ -278,15 +279,16 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
             parts.append("with 2 workers every batch is also copied into shared memory and unpickled in the main "
                          "process (DataLoader hand-off)")
         if tsfs_name == "tsfs-tf":
-            parts.append("tf.data's from_generator copies every batch into TF tensors")
+            parts.append("TensorFlow needs 64-byte-aligned buffers, so mapped rows are copied into TF tensors, and "
+                         "each batch pays py_function hand-over, unbatch and iteration (~0.3-0.6 ms)")
     elif winner == "h5py" and kind == "tabular" and measure in ("seq", "shuffle", "filter"):
         parts.append("h5py reads the 16 features as one packed (n, 16) float32 dataset: 3 contiguous slices per "
                      "batch and no decoding, where tsfs decodes 18 Parquet columns (scalars zstd-compressed, the "
                      "library default) into 18 arrays")
     elif winner == "h5py" and measure == "project":
-        parts.append(f"h5py reads one 1-D `label` dataset, one contiguous slice per batch; tsfs decodes each of the "
-                     f"{batches:,} 256-row batches of the 4-byte column through pyarrow's ParquetFile.iter_batches, "
-                     f"whose fixed cost per batch dominates such a small column")
+        parts.append(f"h5py reads one 1-D `label` dataset, one contiguous slice per batch; tsfs decodes the "
+                     f"column's row groups (zstd + dictionary) in one call and cuts {batches:,} 256-row batches, "
+                     f"whose fixed cost per batch (slice, dict) dominates such a small column")
     elif winner == "h5py":
         parts.append("h5py slices contiguous uncompressed chunks straight into numpy, one read call per column per "
                      "batch")
