@@ -510,10 +510,12 @@ def build_table(r: dict[str, Any], pet: dict[str, Any] | None, pet_error: str | 
             res = r[key]
             ratio = res["raw_median_s"] / res["median_s"]  # paired reference epochs, same process
             summary[f"{key}_ratio"] = ratio
-            if shuffle:
-                target, met = TARGETS["shuffle"], ratio >= TARGETS["shuffle"]
-            elif nw == 0:
-                target, met = TARGETS["nw0"], ratio >= TARGETS["nw0"]
+            # the issue's targets against the raw read are for num_workers=0 ("num_workers=0 without
+            # shuffle >= 0.85x the raw read; with shuffle >= 0.5x"); with workers the target is the
+            # speed-up over Petastorm's 2-worker reader (rows below), the raw ratio is informational
+            if nw == 0:
+                target = TARGETS["shuffle"] if shuffle else TARGETS["nw0"]
+                met = ratio >= target
             else:
                 target, met = None, None
             if met is not None:
