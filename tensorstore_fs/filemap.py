@@ -32,7 +32,7 @@ __all__ = ["FileRows", "private_view"]
 
 _GRANULE = mmap.ALLOCATIONGRANULARITY
 _pool = RecyclingPool()  # gathered batches reuse arrays their consumers let go of
-_lock = threading.Lock()  # batches may be unpickled on the DataLoader's pin-memory thread
+_lock = threading.RLock()  # batches may be unpickled on the DataLoader's pin-memory thread
 
 
 READ_MAPS = 8  # whole-file read-only maps kept per process for gathering (least recently used go)
@@ -136,11 +136,17 @@ class FileRows:
             return np.empty(shape, dtype)
         with _lock:
             out = _pool.empty(shape, dtype)
-            flat = out.reshape(n, rb // dtype.itemsize).view(np.uint8)
-            cuts = np.concatenate([[0], np.flatnonzero(np.diff(self.segment)) + 1, [n]])
+            self.gather_into(out.reshape(-1).view(np.uint8))
+        return out
+
+    def gather_into(self, out: np.ndarray) -> None:
+        """Copy the rows, in order, into the ``len(self) * row_nbytes`` bytes of ``out`` (uint8)."""
+        n, rb = len(self.rows), self.row_nbytes
+        flat = out[:n * rb].reshape(n, rb)
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(self.segment)) + 1, [n]])
+        with _lock:  # the kept maps and the release counter are shared by this process's threads
             for a, b in zip(cuts[:-1], cuts[1:]):
                 self._gather(int(self.segment[a]), self.rows[a:b], flat[a:b])
-        return out
 
     def _gather(self, s: int, rows: np.ndarray, out: np.ndarray) -> None:
         rb = self.row_nbytes

@@ -150,3 +150,66 @@ def test_row_groups_stored_otherwise_mid_run_are_decoded(tmp_path, workers):
     assert sorted(got.tolist()) == list(range(N))
     for b in batches:
         np.testing.assert_array_equal(b["image"].numpy(), image_of(b["id"].numpy()))
+
+
+# -- shared rings: workers gather shuffled rows, the main process views them in place -------------
+def test_ring_slot_is_reused_only_after_every_reference_is_gone(url):
+    # one process plays both sides: gather into a ring slot, pickle as a worker would, unpickle
+    # as the main process does
+    from multiprocessing.reduction import ForkingPickler
+
+    from tensorstore_fs import _ring
+    from tensorstore_fs.readers.torch import _SlotTensor
+
+    if not _ring.available():
+        pytest.skip("no memfd_create on this platform")
+    shuffled = [b["image"] for b in stream_batches(url, True)]
+    rows = next(r for r in shuffled if not r.is_contiguous())
+    sent = _ring.gather_to_ring("test-image", rows)
+    ring, slot = sent.ring, sent.slot
+    assert ring.state[slot] == 1
+    first = ForkingPickler.loads(ForkingPickler.dumps(_SlotTensor(sent)))  # carries the ring's descriptor
+    assert ring.state[_ring.RING_SLOTS] == 1  # the "main process" has mapped it: no more descriptors
+    np.testing.assert_array_equal(first.numpy(), rows.materialize())
+    assert first.numpy().flags.writeable
+    view = first[1:, 0]
+    del first
+
+    def another():
+        s = _ring.gather_to_ring("test-image", rows)
+        assert s.location()[2] is None
+        return ForkingPickler.loads(ForkingPickler.dumps(_SlotTensor(s)))
+
+    other = another()  # arriving batches release idle slots; this one is still viewed
+    assert ring.state[slot] == 1
+    del view
+    other2 = another()
+    assert ring.state[slot] == 0  # given back once its last view went
+    np.testing.assert_array_equal(other.numpy(), other2.numpy())
+    del other, other2
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_rings_under_a_dataloader_keep_held_batches_intact(url, persistent):
+    # a consumer that keeps every batch of two shuffled epochs: workers run out of free slots and
+    # fall back to file locations; nothing a consumer holds is ever overwritten
+    from tensorstore_fs import _ring
+
+    if not _ring.available():
+        pytest.skip("no memfd_create on this platform")
+    loader = DataLoader(TorchDataset(url, batch_size=16, shuffle=True, seed=9), batch_size=None, num_workers=2,
+                        persistent_workers=persistent)
+    kept = [list(loader) for _ in range(2)]
+    assert _ring._rings, "no batch came through a ring"
+    for epoch in kept:
+        ids = torch.cat([b["id"] for b in epoch]).numpy()
+        assert sorted(ids.tolist()) == list(range(N))
+        for b in epoch:
+            np.testing.assert_array_equal(b["image"].numpy(), image_of(b["id"].numpy()))
+            np.testing.assert_array_equal(b["emb"].numpy(), emb_of(b["id"].numpy()))
+    del kept, loader
+    # later loaders' first rings drop the rings of workers that have exited
+    for _ in range(3):
+        for _ in DataLoader(TorchDataset(url, batch_size=16, shuffle=True, seed=9), batch_size=None, num_workers=2):
+            pass
+    assert len(_ring._rings) <= 2 * 2 * 2  # two loaders at most (2 workers x 2 gathered columns): the rest were dropped

@@ -28,6 +28,7 @@ from ..dataset import Dataset
 from ..errors import InvalidArgumentError
 from ..plan import PlanSpec, Segment
 from ..predicates import Predicate
+from .. import _ring
 from ..filemap import FileRows
 from ..stream import DEFAULT_WINDOW_BYTES, StreamState, check_num_epochs, open_stream
 
@@ -64,6 +65,39 @@ class _InlineTensor:
 
     def __reduce__(self) -> tuple[Any, tuple[np.ndarray]]:
         return _inline_tensor, (self.array,)
+
+
+def _slot_tensor(*location: Any) -> torch.Tensor:
+    """A tensor viewing a worker's ring slot in place (see :mod:`tensorstore_fs._ring`)."""
+    return torch.from_numpy(_ring.attach(*location))
+
+
+class _SlotTensor:
+    """A DataLoader worker's stand-in for a gathered tensor in its shared ring: pickles as the
+    slot's location and unpickles, in the main process, as a tensor viewing that slot."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: "_ring.SlotRows") -> None:
+        self.rows = rows
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _slot_tensor, self.rows.location()
+
+
+def gather_in_worker(batch: dict[str, Any]) -> dict[str, Any]:
+    """Inside a DataLoader worker: gather the batch's shuffled file-located columns into the
+    worker's shared rings, so the main process receives them ready (consecutive rows stay file
+    locations: the main process maps those without a copy). A column whose ring has no free
+    slot keeps its file location."""
+    out = batch
+    for name, v in batch.items():
+        if isinstance(v, _FileTensor) and not v.rows.is_contiguous():
+            slot = _ring.gather_to_ring(name, v.rows)
+            if slot is not None:
+                out = dict(out) if out is batch else out
+                out[name] = _SlotTensor(slot)
+    return out
 
 
 class _FileTensor:
@@ -299,6 +333,8 @@ class TorchDataset(IterableDataset):
             for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip, keep_open=not in_worker):
                 self._yielded += 1
                 converted = to_torch(batch, self.variable, self._jagged, defer_files=in_worker)
+                if in_worker and self._file_backed and _ring.available():
+                    converted = gather_in_worker(converted)
                 yield share_batch(converted) if in_worker else converted
             # Advance lazily: a worker that finished its share while other workers still read this
             # epoch must save "epoch e, all my batches" (not "epoch e + 1, nothing"), or a

@@ -1,0 +1,191 @@
+"""Shared rings: DataLoader workers gather shuffled tensor rows into memory the main process maps once.
+
+A shuffled batch of file-located rows (:class:`tensorstore_fs.filemap.FileRows`) must be copied
+once, row by row. In the main process that gather is its largest cost when two workers feed it;
+in a worker, the bytes must then reach the main process, and torch's own hand-off creates a new
+shared-memory file per batch and passes its descriptor over a socket (a round trip a batch).
+
+A ring is one anonymous shared-memory file per worker and column, with ``RING_SLOTS`` slots of
+one batch each. The worker gathers a batch into a free slot and sends ``(ring, slot)``; the
+descriptor travels only until the main process has mapped the ring. The main process views the
+slot in place (no copy) and marks it free once nothing refers to that batch any more (its
+reference count, checked whenever another slot batch arrives). A worker that finds no free slot
+sends the rows' file location instead, so a consumer that keeps batches never stalls a worker.
+
+Linux only (``os.memfd_create``); elsewhere workers keep sending file locations.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .filemap import FileRows
+
+__all__ = ["RING_SLOTS", "SlotRows", "attach", "available", "gather_to_ring"]
+
+RING_SLOTS = 8  # batches a worker may have in flight per column before it falls back
+HEADER = 64  # bytes: one state byte per slot (0 free, 1 in use), then the "main has it" flag
+_MAPPED = RING_SLOTS  # index of that flag
+
+
+def available() -> bool:
+    return hasattr(os, "memfd_create")
+
+
+# -- worker side -----------------------------------------------------------------------------------
+class _WorkerRing:
+    """One column's ring in a DataLoader worker."""
+
+    def __init__(self, slot_bytes: int) -> None:
+        self.slot_bytes = slot_bytes
+        self.size = HEADER + RING_SLOTS * slot_bytes
+        self.fd = os.memfd_create("tsfs-ring", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.size)
+            self.mm = mmap.mmap(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.state = np.frombuffer(self.mm, np.uint8, count=HEADER)
+        self.id = f"{os.getpid()}-{uuid.uuid4().hex}"
+
+    def acquire(self) -> int | None:
+        free = np.flatnonzero(self.state[:RING_SLOTS] == 0)
+        if not len(free):
+            return None
+        i = int(free[0])
+        self.state[i] = 1
+        return i
+
+    def slot(self, i: int) -> np.ndarray:
+        return np.frombuffer(self.mm, np.uint8, count=self.slot_bytes, offset=HEADER + i * self.slot_bytes)
+
+
+_worker_rings: dict[str, _WorkerRing] = {}
+_worker_pid = os.getpid()
+
+
+def gather_to_ring(key: str, rows: FileRows) -> "SlotRows | None":
+    """Gather ``rows`` into a free slot of this process's ring for ``key`` (created on first use,
+    sized for this batch; a bigger batch gets a new ring). None when no slot is free."""
+    global _worker_pid
+    if _worker_pid != os.getpid():  # a forked child never shares its parent's rings
+        _worker_rings.clear()
+        _worker_pid = os.getpid()
+    nbytes = len(rows) * rows.row_nbytes
+    ring = _worker_rings.get(key)
+    if ring is None or ring.slot_bytes < nbytes:
+        ring = _worker_rings[key] = _WorkerRing(max(nbytes, 1))
+    i = ring.acquire()
+    if i is None:
+        return None
+    try:
+        rows.gather_into(ring.slot(i))
+    except BaseException:
+        ring.state[i] = 0
+        raise
+    return SlotRows(ring, i, rows.dtype, (len(rows), *rows.row_shape))
+
+
+@dataclass(frozen=True, eq=False)
+class SlotRows:
+    """A gathered batch column in a worker's ring: pickles as the slot's location (plus the
+    ring's descriptor until the main process has mapped the ring)."""
+
+    ring: _WorkerRing
+    slot: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    def location(self) -> tuple[Any, ...]:
+        from multiprocessing.reduction import DupFd
+
+        r = self.ring
+        fd = None if r.state[_MAPPED] else DupFd(r.fd)
+        return r.id, os.getpid(), fd, r.size, r.slot_bytes, self.slot, self.dtype, self.shape
+
+
+# -- main-process side -----------------------------------------------------------------------------
+@dataclass(eq=False)
+class _MainRing:
+    mm: mmap.mmap
+    pid: int
+    state: np.ndarray
+
+
+_rings: dict[str, _MainRing] = {}
+_held: list[tuple[_MainRing, int, np.ndarray]] = []  # slots handed out: ring, slot, the array owning the view
+_lock = threading.Lock()  # batches may be unpickled on the DataLoader's pin-memory thread
+
+
+def _idle_refcount() -> int:
+    """The reference count of a held slot's array that nothing else refers to, as
+    :func:`_release_idle`'s loop sees it (measured on this interpreter). Every view of the
+    array — reshapes, slices, a torch tensor made from it — refers to it (numpy points views at
+    the first array in the chain that has a non-array base), so a count above this means the
+    batch is still in use."""
+    probe = [(None, 0, np.frombuffer(b"", np.uint8))]
+    for entry in probe:
+        return sys.getrefcount(entry[2])
+    raise AssertionError("unreachable")
+
+
+_IDLE = _idle_refcount()
+
+
+def _release_idle() -> None:
+    """Give back the slots whose arrays (and every view and tensor of them) are gone."""
+    keep = []
+    for entry in _held:
+        if sys.getrefcount(entry[2]) <= _IDLE:
+            entry[0].state[entry[1]] = 0
+        else:
+            keep.append(entry)
+    _held[:] = keep
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def attach(ring_id: str, pid: int, fd: Any, size: int, slot_bytes: int, slot: int, dtype: str,
+           shape: tuple[int, ...]) -> np.ndarray:
+    """In the main process: the ``(shape)`` array of ``dtype`` in ``slot`` of ring ``ring_id``
+    (mapped on first sight from ``fd``), viewed in place. Writable; the slot is reused by its
+    worker only after every reference to the array is gone."""
+    with _lock:
+        _release_idle()
+        ring = _rings.get(ring_id)
+        if fd is not None:
+            received = fd.detach()
+            try:
+                if ring is None:
+                    mm = mmap.mmap(received, size)
+                    ring = _rings[ring_id] = _MainRing(mm, pid, np.frombuffer(mm, np.uint8, count=HEADER))
+                    ring.state[_MAPPED] = 1
+                    for other in [k for k, r in _rings.items() if not _alive(r.pid)]:
+                        del _rings[other]  # a finished worker's ring: its held slots keep it mapped
+            finally:
+                os.close(received)
+        if ring is None:
+            raise RuntimeError(f"a batch refers to shared ring {ring_id} that this process never mapped")
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        start = HEADER + slot * slot_bytes
+        owner = np.frombuffer(memoryview(ring.mm)[start:start + nbytes], dtype=dtype)
+        _held.append((ring, slot, owner))
+        return owner.reshape(shape)
