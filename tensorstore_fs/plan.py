@@ -2,7 +2,8 @@
 
 Vocabulary
 ----------
-* **unit** — one row group; ``counts[u]`` of its rows are *eligible* (pass the filter/predicate).
+* **unit** — a range of consecutive eligible rows (pass the filter/predicate) inside one row
+  group: the whole row group, or with ``shuffle`` a part of it (see :func:`split_units`).
 * **row id** — index of an eligible row in storage order (unit by unit).
 * **epoch sequence** — every row id once, in the epoch's order: units are permuted by
   ``(seed, epoch)`` when shuffling. After a resume the sequence is "what the interrupted run had
@@ -118,6 +119,32 @@ def loader_order(batches_per_worker: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
+MIN_UNITS = 32  # a shuffled epoch permutes about this many row ranges when row groups are few
+
+
+def split_units(counts: np.ndarray, batch_size: int) -> np.ndarray:
+    """Row counts of the units a shuffled epoch permutes.
+
+    With few, large row groups (small rows: a default 8 MiB row group holds ~100k of them),
+    permuting whole row groups would leave the epoch almost in storage order. When fewer than
+    ``MIN_UNITS // 2`` row groups hold rows, each is cut into near-equal consecutive ranges of at
+    most ``max(batch_size, ceil(total / MIN_UNITS))`` rows, so every window draws from several
+    places in the dataset. With more row groups they stay whole: cutting them would make windows
+    read more row groups for no gain in mixing (measured: a 35% slower shuffled read of 32 image
+    row groups). Row ids keep their storage order; only the order of the ranges changes."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if int((counts > 0).sum()) >= MIN_UNITS // 2:
+        return counts
+    cap = max(int(batch_size), -(-int(counts.sum()) // MIN_UNITS), 1)
+    if not len(counts) or int(counts.max()) <= cap:
+        return counts
+    pieces = np.maximum(1, -(-counts // cap))
+    whole = np.repeat(counts, pieces)
+    parts = np.repeat(pieces, pieces)
+    index = np.arange(len(whole)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    return whole // parts + (index < whole % parts)
+
+
 def unit_order(n_units: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     if not shuffle:
         return np.arange(n_units, dtype=np.int64)
@@ -161,7 +188,7 @@ class EpochPlan:
     Parameters
     ----------
     counts : array of int
-        Eligible rows of each unit (row group), in storage order.
+        Eligible rows of each row group, in storage order (split into smaller units when shuffling).
     spec : PlanSpec
     epoch : int
     world_size : int
@@ -171,9 +198,10 @@ class EpochPlan:
 
     def __init__(self, counts: Sequence[int] | np.ndarray, spec: PlanSpec, epoch: int, world_size: int,
                  history: Sequence[Segment] = ()) -> None:
-        self.counts = np.asarray(counts, dtype=np.int64)
-        if self.counts.ndim != 1 or (self.counts < 0).any():
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.ndim != 1 or (counts < 0).any():
             raise InvalidArgumentError("counts must be a 1-D array of non-negative row counts")
+        self.counts = split_units(counts, spec.batch_size) if spec.shuffle else counts
         self.spec = spec
         self.epoch = _pos_int("epoch", epoch, 0)
         self.world_size = _pos_int("world_size", world_size)

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 PAD_COLUMN = "__pad__"
 ROW_ID_COLUMN = "__row_id__"
 STATE_FORMAT = "tensorstore_fs.stream_state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: shuffled epochs permute row ranges inside row groups (plan.split_units)
 DEFAULT_WINDOW_BYTES = 64 * 2**20
 
 
