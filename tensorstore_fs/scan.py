@@ -563,16 +563,26 @@ def read_batches(
                 threads = any(use_threads(pf, rg, columns) for rg in run)
                 yield from pf.read_row_groups(run, columns=columns, use_threads=threads).to_batches()
             return
-        for i, rg in enumerate(groups):
-            mapped = first if i == 0 else direct(rg) if direct is not None else {}
-            if not mapped:
-                yield from pf.read_row_group(rg, columns=columns, use_threads=use_threads(pf, rg, columns)).to_batches()
-                continue
-            rest = [c for c in columns if c not in mapped]
-            table = pf.read_row_group(rg, columns=rest, use_threads=use_threads(pf, rg, rest)) if rest else None
-            schema = pa.schema([pf.schema_arrow.field(c) for c in columns], metadata=pf.schema_arrow.metadata)
-            arrays = [pa.chunked_array([mapped[c]]) if c in mapped else table.column(c) for c in columns]
-            yield from pa.Table.from_arrays(arrays, schema=schema).to_batches()
+        # mapped tensor columns come per row group; the other columns are decoded for runs of
+        # row groups at once and sliced (pyarrow's fixed cost per call dominates small columns)
+        schema = pa.schema([pf.schema_arrow.field(c) for c in columns], metadata=pf.schema_arrow.metadata)
+        rest = [c for c in columns if c not in first]
+        i = 0
+        for run in _runs_by_bytes(pf, groups, rest or columns, GROUPED_READ_BYTES):
+            table = (pf.read_row_groups(run, columns=rest, use_threads=any(use_threads(pf, rg, rest) for rg in run))
+                     if rest else None)
+            at = 0
+            for rg in run:
+                n = pf.metadata.row_group(rg).num_rows
+                mapped = first if i == 0 else direct(rg) if direct is not None else {}
+                i += 1
+                missing = [c for c in first if c not in mapped]  # this row group stores them otherwise
+                extra = pf.read_row_group(rg, columns=missing, use_threads=False) if missing else None
+                arrays = [pa.chunked_array([mapped[c]]) if c in mapped
+                          else extra.column(c) if c in missing else table.column(c).slice(at, n)
+                          for c in columns]
+                at += n
+                yield from pa.Table.from_arrays(arrays, schema=schema).to_batches()
 
     yield from _recut(decoded(), next_size(), next_size)
 

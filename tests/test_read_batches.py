@@ -94,3 +94,28 @@ def test_to_batches_maps_plain_tensor_pages_privately(tmp_path, monkeypatch):
         again = {k: np.concatenate([b[k] for b in ds.to_batches(batch_size=bs)]) for k in ("image", "emb")}
         assert np.array_equal(again["image"], cols["image"]) and np.array_equal(again["emb"], cols["emb"])
     ds.verify()  # the shard files are untouched (raises on a checksum mismatch)
+
+
+def test_to_batches_with_row_groups_that_cannot_be_mapped(tmp_path, monkeypatch):
+    # a shard whose later row groups store a tensor column otherwise (another writer, several
+    # pages): those row groups decode that column, the others keep their maps; values exact
+    import tensorstore_fs as tsfs
+    import tensorstore_fs.scan as scan
+
+    n = 3000
+    ids = np.arange(n)
+    image = (ids[:, None] % 251 + np.arange(48)).astype(np.uint8).reshape(n, 3, 4, 4)
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": ids, "image": image}, row_group_bytes=20_000)
+    assert len(ds.row_groups) > 4 and len(ds.shards) == 1
+    real = scan.plain_values_offset
+    calls = []
+
+    def every_other(read_at, column, rows, nbytes):
+        calls.append(1)
+        return real(read_at, column, rows, nbytes) if len(calls) % 2 else None
+
+    monkeypatch.setattr(scan, "plain_values_offset", every_other)
+    batches = list(ds.to_batches(batch_size=64))
+    assert len(calls) > 2
+    np.testing.assert_array_equal(np.concatenate([b["id"] for b in batches]), ids)
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches]), image)
