@@ -314,8 +314,8 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
     if measure == "shuffle" and ok(te) and ok(we) and te.get("spearman") is not None and we.get("spearman") is not None:
         q = f"order quality: tsfs Spearman {te['spearman']:+.2f}, {winner} {we['spearman']:+.2f}"
         if n_rg == 1 and te.get("window_rows"):
-            q += (f" — with one row group tsfs has no row groups to permute and shuffles only within "
-                  f"{te['window_rows']:,}-row windows")
+            q += (f" — with one row group tsfs permutes ~32 row ranges cut inside it (plan.split_units) and "
+                  f"shuffles rows within {te['window_rows']:,}-row windows")
         parts.append(q)
     if measure == "filter" and n_rg == 1 and "nothing to prune" not in " ".join(parts):
         parts.append(f"(one row group of {rg:,} rows with the default 8 MiB row groups: nothing to prune)")
