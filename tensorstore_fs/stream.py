@@ -782,7 +782,13 @@ def _join_pieces(pieces: list[tuple[pa.RecordBatch | None, dict[str, Any]]]) -> 
     decoded: dict[str, Any] = {}
     for k, first in pieces[0][1].items():
         parts = [d[k] for _, d in pieces]
-        decoded[k] = np.ma.concatenate(parts) if isinstance(first, np.ma.MaskedArray) else np.concatenate(parts)
+        if isinstance(first, np.ma.MaskedArray):
+            decoded[k] = np.ma.concatenate(parts)
+        elif first.dtype == object:
+            decoded[k] = np.concatenate(parts)
+        else:  # 64-byte aligned, as decoded Arrow buffers are (tf.data takes such memory as it is)
+            _, decoded[k] = aligned_empty((sum(len(p) for p in parts), *first.shape[1:]), first.dtype)
+            np.concatenate(parts, out=decoded[k])
     return table, decoded
 
 
