@@ -30,7 +30,7 @@ import numpy as np
 
 from .filemap import FileRows
 
-__all__ = ["RING_SLOTS", "SlotRows", "attach", "available", "gather_to_ring"]
+__all__ = ["RING_SLOTS", "SlotRows", "attach", "available", "gather_to_ring", "reserve"]
 
 RING_SLOTS = 8  # batches a worker may have in flight per column before it falls back
 HEADER = 64  # bytes: one state byte per slot (0 free, 1 in use), then the "main has it" flag
@@ -74,26 +74,37 @@ _worker_rings: dict[str, _WorkerRing] = {}
 _worker_pid = os.getpid()
 
 
-def gather_to_ring(key: str, rows: FileRows) -> "SlotRows | None":
-    """Gather ``rows`` into a free slot of this process's ring for ``key`` (created on first use,
-    sized for this batch; a bigger batch gets a new ring). None when no slot is free."""
+def reserve(key: str, nbytes: int, dtype: str = "|u1", shape: tuple[int, ...] | None = None
+            ) -> "tuple[SlotRows, np.ndarray] | None":
+    """A free slot of this process's ring for ``key`` (created on first use, sized for this
+    batch; a bigger batch gets a new ring), marked in use: ``(its location, its first nbytes
+    bytes to fill)``. The location describes ``shape`` of ``dtype`` (default: the bytes). None
+    when no slot is free."""
     global _worker_pid
     if _worker_pid != os.getpid():  # a forked child never shares its parent's rings
         _worker_rings.clear()
         _worker_pid = os.getpid()
-    nbytes = len(rows) * rows.row_nbytes
     ring = _worker_rings.get(key)
     if ring is None or ring.slot_bytes < nbytes:
         ring = _worker_rings[key] = _WorkerRing(max(nbytes, 1))
     i = ring.acquire()
     if i is None:
         return None
+    return SlotRows(ring, i, dtype, (nbytes,) if shape is None else shape), ring.slot(i)[:nbytes]
+
+
+def gather_to_ring(key: str, rows: FileRows) -> "SlotRows | None":
+    """Gather ``rows`` into a free slot of this process's ring for ``key``; None when no slot is free."""
+    got = reserve(key, len(rows) * rows.row_nbytes, rows.dtype, (len(rows), *rows.row_shape))
+    if got is None:
+        return None
+    slot, memory = got
     try:
-        rows.gather_into(ring.slot(i))
+        rows.gather_into(memory)
     except BaseException:
-        ring.state[i] = 0
+        slot.release()
         raise
-    return SlotRows(ring, i, rows.dtype, (len(rows), *rows.row_shape))
+    return slot
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,6 +116,10 @@ class SlotRows:
     slot: int
     dtype: str
     shape: tuple[int, ...]
+
+    def release(self) -> None:
+        """Give the slot back unsent (filling it failed)."""
+        self.ring.state[self.slot] = 0
 
     def location(self) -> tuple[Any, ...]:
         from multiprocessing.reduction import DupFd

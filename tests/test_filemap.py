@@ -213,3 +213,35 @@ def test_rings_under_a_dataloader_keep_held_batches_intact(url, persistent):
         for _ in DataLoader(TorchDataset(url, batch_size=16, shuffle=True, seed=9), batch_size=None, num_workers=2):
             pass
     assert len(_ring._rings) <= 2 * 2 * 2  # two loaders at most (2 workers x 2 gathered columns): the rest were dropped
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_large_decoded_batches_travel_through_the_ring(tmp_path, shuffle):
+    # variable-length rows padded per batch (not file-located): each batch is well over the
+    # inline limit, so workers copy it into a slot of their ring; a consumer keeping every batch
+    # makes workers fall back to torch's shared memory once the slots run out
+    from tensorstore_fs import _ring
+    from tensorstore_fs.readers.torch import INLINE_BYTES
+
+    n = 600
+    ids = np.arange(n)
+    lengths = 100 + ids % 400
+    rows = [(i * 3 + np.arange(k)).astype(np.int32) for i, k in zip(ids, lengths)]
+    tsfs.write_dataset(str(tmp_path / "ds"), {"id": ids, "tokens": rows},
+                       tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("tokens", "int32", (None,))]))
+    loader = DataLoader(TorchDataset(str(tmp_path / "ds"), batch_size=64, shuffle=shuffle, seed=2), batch_size=None,
+                        num_workers=2, persistent_workers=True)
+    for _ in range(2):
+        kept = list(loader)
+        assert sum(len(b["id"]) for b in kept) == n
+        assert max(b["tokens"].numel() * 4 for b in kept) > INLINE_BYTES
+        if _ring.available():  # some batches arrived as views of ring slots
+            owners = [entry[2] for entry in _ring._held]
+            assert any(np.shares_memory(o, b["tokens"].numpy()) for o in owners for b in kept)
+        for b in kept:
+            for j, i in enumerate(b["id"].tolist()):
+                k = int(lengths[i])
+                assert b["tokens__shape"][j].tolist() == [k]
+                np.testing.assert_array_equal(b["tokens"][j, :k].numpy(), rows[i])
+                assert not b["tokens"][j, k:].any()
+            b["tokens"].add_(1)  # writable; a slot is reused only after its batch is dropped

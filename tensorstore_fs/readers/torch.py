@@ -17,6 +17,7 @@ deterministic and a resume continues exactly where it stopped.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
@@ -83,6 +84,36 @@ class _SlotTensor:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return _slot_tensor, self.rows.location()
+
+
+def _carve(block: np.ndarray, offset: int, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    n = math.prod(shape) * np.dtype(dtype).itemsize
+    return torch.from_numpy(block[offset:offset + n].view(dtype).reshape(shape))
+
+
+class _SlotBlock:
+    """A batch's dense tensors in one slot of the worker's ring: pickled once per batch (the
+    pickle memo shares it between the batch's tensors) and unpickled as the slot's bytes."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: "_ring.SlotRows") -> None:
+        self.slot = slot
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _ring.attach, self.slot.location()
+
+
+class _BlockPart:
+    """One tensor of a :class:`_SlotBlock`: unpickles as a tensor viewing its part of the slot."""
+
+    __slots__ = ("block", "offset", "dtype", "shape")
+
+    def __init__(self, block: _SlotBlock, offset: int, dtype: str, shape: tuple[int, ...]) -> None:
+        self.block, self.offset, self.dtype, self.shape = block, offset, dtype, shape
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _carve, (self.block, self.offset, self.dtype, self.shape)
 
 
 def gather_in_worker(batch: dict[str, Any]) -> dict[str, Any]:
@@ -156,10 +187,12 @@ def share_batch(batch: dict[str, Any]) -> dict[str, Any]:
 
     The DataLoader hands batches from workers to the main process through shared memory; it
     would copy every tensor into a block of its own, and pass each block's file descriptor over a
-    socket. Here the dense tensors are copied into ONE block instead (one allocation and one
-    descriptor per batch), and when they are small in all (``INLINE_BYTES``: labels, ids, the
-    rest of a batch whose big tensors travel as file locations) they travel by value inside the
-    batch's pickle, which costs less than any shared-memory block.
+    socket (a round trip per tensor). Here, when the dense tensors are small in all
+    (``INLINE_BYTES``: labels, ids, the rest of a batch whose big tensors travel as file
+    locations), they travel by value inside the batch's pickle. Larger ones are copied into one
+    slot of the worker's shared ring (:mod:`tensorstore_fs._ring`: the main process maps the
+    ring once and views the slot in place); without a free slot, or off Linux, into ONE torch
+    shared-memory block for the batch (one allocation and one descriptor).
     """
     dense = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.layout == torch.strided
              and not v.is_shared()]
@@ -176,6 +209,17 @@ def share_batch(batch: dict[str, Any]) -> dict[str, Any]:
         total = -(-total // 64) * 64  # keep every tensor 64-byte aligned
         offsets[k] = total
         total += t.numel() * t.element_size()
+    got = _ring.reserve("__batch__", total) if _ring.available() else None
+    if got is not None:  # the worker's shared ring: the main process maps it once, not per batch
+        slot, memory = got
+        block = _SlotBlock(slot)
+        out = dict(batch)
+        for k in dense:
+            t = batch[k]
+            n = t.numel() * t.element_size()
+            np.copyto(memory[offsets[k]:offsets[k] + n], t.contiguous().numpy().reshape(-1).view(np.uint8))
+            out[k] = _BlockPart(block, offsets[k], t.numpy().dtype.str, tuple(t.shape))
+        return out
     storage = torch.UntypedStorage._new_shared(max(total, 1))
     block = torch.empty(0, dtype=torch.uint8).set_(storage)
     out = dict(batch)
