@@ -185,8 +185,8 @@ class Dataset:
 
     def head(self, n: int = 5, columns: Sequence[str] | None = None) -> dict[str, Any]:
         """The first ``n`` rows as one batch."""
-        scanner = self.scanner(columns, batch_size=max(1, n))
-        scanner._row_limit = max(1, n)
+        scanner = Scanner(self.storage, self.manifest, columns=columns, batch_size=max(1, n),
+                          storage_schema=self.storage_schema, rows_hint=max(1, n))
         for batch in scanner:
             return batch
         empty = self.storage_schema.empty_table()

@@ -168,7 +168,8 @@ class Scanner:
     """An iterable over decoded batches of one dataset version.
 
     Build it with :meth:`tensorstore_fs.Dataset.scanner`; iterate it for dicts of numpy arrays.
-    ``stats`` reports what the scan touched.
+    ``stats`` reports what the scan touched. ``rows_hint``: the caller will consume at most that
+    many rows (it changes how pages are decoded, never which rows come).
     """
 
     def __init__(
@@ -184,6 +185,7 @@ class Scanner:
         drop_last: bool = False,
         row_groups: Sequence[RowGroupRef] | None = None,
         storage_schema: pa.Schema | None = None,
+        rows_hint: int | None = None,
     ) -> None:
         schema = manifest.schema
         if columns is None:
@@ -220,7 +222,11 @@ class Scanner:
         self.drop_last = drop_last
         self.stats = ScanStats()
         self._carry_need = 0
-        self._row_limit: int | None = None  # set by callers that consume only this many rows
+        if rows_hint is not None and (not isinstance(rows_hint, (int, np.integer)) or isinstance(rows_hint, bool)
+                                      or rows_hint < 1):
+            raise InvalidArgumentError(f"rows_hint must be a positive int, got {rows_hint!r}")
+        # callers that will consume at most this many rows: small reads decode only the pages needed
+        self._row_limit = None if rows_hint is None else int(rows_hint)
         self._arrow_schema = storage_schema if storage_schema is not None else arrow_schema(schema)
         self._fields = [schema.field(n) for n in names]
         self._storage_cols = storage_columns(schema, names)

@@ -119,3 +119,17 @@ def test_to_batches_with_row_groups_that_cannot_be_mapped(tmp_path, monkeypatch)
     assert len(calls) > 2
     np.testing.assert_array_equal(np.concatenate([b["id"] for b in batches]), ids)
     np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches]), image)
+
+
+def test_rows_hint_is_validated_and_changes_no_rows(tmp_path):
+    import tensorstore_fs as tsfs
+    from tensorstore_fs.errors import InvalidArgumentError
+    from tensorstore_fs.scan import Scanner
+
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(5000)}, row_group_bytes=8000)
+    for bad in (0, -3, 2.5, "10", True):
+        with pytest.raises(InvalidArgumentError, match="rows_hint"):
+            Scanner(ds.storage, ds.manifest, rows_hint=bad)
+    hinted = Scanner(ds.storage, ds.manifest, batch_size=700, rows_hint=10)
+    assert np.array_equal(np.concatenate([b["id"] for b in hinted]), np.arange(5000))
+    assert np.array_equal(ds.head(3)["id"], [0, 1, 2])
