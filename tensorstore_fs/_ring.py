@@ -17,6 +17,7 @@ Linux only (``os.memfd_create``); elsewhere workers keep sending file locations.
 
 from __future__ import annotations
 
+import logging
 import math
 import mmap
 import os
@@ -31,6 +32,8 @@ import numpy as np
 from .filemap import FileRows
 
 __all__ = ["RING_SLOTS", "SlotRows", "attach", "available", "gather_to_ring", "reserve"]
+
+logger = logging.getLogger(__name__)
 
 RING_SLOTS = 8  # batches a worker may have in flight per column before it falls back
 HEADER = 64  # bytes: one state byte per slot (0 free, 1 in use), then the "main has it" flag
@@ -86,7 +89,11 @@ def reserve(key: str, nbytes: int, dtype: str = "|u1", shape: tuple[int, ...] | 
         _worker_pid = os.getpid()
     ring = _worker_rings.get(key)
     if ring is None or ring.slot_bytes < nbytes:
-        ring = _worker_rings[key] = _WorkerRing(max(nbytes, 1))
+        try:
+            ring = _worker_rings[key] = _WorkerRing(max(nbytes, 1))
+        except OSError as e:  # no shared memory to be had (limits, sandboxes): the callers fall back
+            logger.debug("no shared ring for %s (%d bytes a slot): %s", key, nbytes, e)
+            return None
     i = ring.acquire()
     if i is None:
         return None

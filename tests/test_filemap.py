@@ -245,3 +245,23 @@ def test_large_decoded_batches_travel_through_the_ring(tmp_path, shuffle):
                 np.testing.assert_array_equal(b["tokens"][j, :k].numpy(), rows[i])
                 assert not b["tokens"][j, k:].any()
             b["tokens"].add_(1)  # writable; a slot is reused only after its batch is dropped
+
+
+def test_workers_without_shared_memory_fall_back(url, monkeypatch):
+    # a sandbox that refuses memfd_create: workers send file locations and torch's shared
+    # memory as before, and every value still arrives
+    import os
+
+    from tensorstore_fs import _ring
+
+    def refuse(*args, **kwargs):
+        raise OSError("memfd_create refused")
+
+    monkeypatch.setattr(os, "memfd_create", refuse, raising=False)
+    monkeypatch.setattr(_ring, "_worker_rings", {})
+    loader = DataLoader(TorchDataset(url, batch_size=16, shuffle=True, seed=4), batch_size=None, num_workers=2,
+                        multiprocessing_context="fork")
+    batches = list(loader)
+    assert sorted(torch.cat([b["id"] for b in batches]).tolist()) == list(range(N))
+    for b in batches:
+        np.testing.assert_array_equal(b["image"].numpy(), image_of(b["id"].numpy()))
