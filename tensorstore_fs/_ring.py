@@ -8,8 +8,8 @@ shared-memory file per batch and passes its descriptor over a socket (a round tr
 A ring is one anonymous shared-memory file per worker and column, with ``RING_SLOTS`` slots of
 one batch each. The worker gathers a batch into a free slot and sends ``(ring, slot)``; the
 descriptor travels only until the main process has mapped the ring. The main process views the
-slot in place (no copy) and marks it free once nothing refers to that batch any more (its
-reference count, checked whenever another slot batch arrives). A worker that finds no free slot
+slot in place (no copy) and marks it free the moment nothing refers to that batch any more (a
+finalizer on the array that owns the view). A worker that finds no free slot
 sends the rows' file location instead, so a consumer that keeps batches never stalls a worker.
 
 Linux only (``os.memfd_create``); elsewhere workers keep sending file locations.
@@ -21,9 +21,9 @@ import logging
 import math
 import mmap
 import os
-import sys
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,34 +145,15 @@ class _MainRing:
 
 
 _rings: dict[str, _MainRing] = {}
-_held: list[tuple[_MainRing, int, np.ndarray]] = []  # slots handed out: ring, slot, the array owning the view
+# the arrays owning the slots handed out, by (ring, slot): every view of a slot's array — reshapes,
+# slices, a torch tensor made from it — refers to it (numpy points views at the first array in
+# the chain that has a non-array base), so the slot is free again exactly when it is collected
+_owners: "weakref.WeakValueDictionary[tuple[str, int], np.ndarray]" = weakref.WeakValueDictionary()
 _lock = threading.Lock()  # batches may be unpickled on the DataLoader's pin-memory thread
 
 
-def _idle_refcount() -> int:
-    """The reference count of a held slot's array that nothing else refers to, as
-    :func:`_release_idle`'s loop sees it (measured on this interpreter). Every view of the
-    array — reshapes, slices, a torch tensor made from it — refers to it (numpy points views at
-    the first array in the chain that has a non-array base), so a count above this means the
-    batch is still in use."""
-    probe = [(None, 0, np.frombuffer(b"", np.uint8))]
-    for entry in probe:
-        return sys.getrefcount(entry[2])
-    raise AssertionError("unreachable")
-
-
-_IDLE = _idle_refcount()
-
-
-def _release_idle() -> None:
-    """Give back the slots whose arrays (and every view and tensor of them) are gone."""
-    keep = []
-    for entry in _held:
-        if sys.getrefcount(entry[2]) <= _IDLE:
-            entry[0].state[entry[1]] = 0
-        else:
-            keep.append(entry)
-    _held[:] = keep
+def _free(state: np.ndarray, slot: int) -> None:
+    state[slot] = 0
 
 
 def _alive(pid: int) -> bool:
@@ -188,10 +169,9 @@ def _alive(pid: int) -> bool:
 def attach(ring_id: str, pid: int, fd: Any, size: int, slot_bytes: int, slot: int, dtype: str,
            shape: tuple[int, ...]) -> np.ndarray:
     """In the main process: the ``(shape)`` array of ``dtype`` in ``slot`` of ring ``ring_id``
-    (mapped on first sight from ``fd``), viewed in place. Writable; the slot is reused by its
-    worker only after every reference to the array is gone."""
+    (mapped on first sight from ``fd``), viewed in place. Writable; the slot is given back to
+    its worker when the last reference to the array (or any view or tensor of it) goes."""
     with _lock:
-        _release_idle()
         ring = _rings.get(ring_id)
         if fd is not None:
             received = fd.detach()
@@ -209,5 +189,6 @@ def attach(ring_id: str, pid: int, fd: Any, size: int, slot_bytes: int, slot: in
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         start = HEADER + slot * slot_bytes
         owner = np.frombuffer(memoryview(ring.mm)[start:start + nbytes], dtype=dtype)
-        _held.append((ring, slot, owner))
+        weakref.finalize(owner, _free, ring.state, slot)  # the state keeps the ring's map alive
+        _owners[ring_id, slot] = owner
         return owner.reshape(shape)

@@ -4,6 +4,7 @@ reach the file or another batch."""
 
 from __future__ import annotations
 
+import gc
 import pickle
 
 import numpy as np
@@ -173,20 +174,21 @@ def test_ring_slot_is_reused_only_after_every_reference_is_gone(url):
     np.testing.assert_array_equal(first.numpy(), rows.materialize())
     assert first.numpy().flags.writeable
     view = first[1:, 0]
+    arr = view.numpy()[::2]
     del first
-
-    def another():
-        s = _ring.gather_to_ring("test-image", rows)
-        assert s.location()[2] is None
-        return ForkingPickler.loads(ForkingPickler.dumps(_SlotTensor(s)))
-
-    other = another()  # arriving batches release idle slots; this one is still viewed
-    assert ring.state[slot] == 1
+    assert ring.state[slot] == 1  # still viewed (a torch view and a numpy view of it)
     del view
-    other2 = another()
-    assert ring.state[slot] == 0  # given back once its last view went
-    np.testing.assert_array_equal(other.numpy(), other2.numpy())
-    del other, other2
+    assert ring.state[slot] == 1
+    del arr
+    assert ring.state[slot] == 0  # given back the moment its last view went
+
+    # later batches carry no descriptor and reuse the freed slot
+    again = _ring.gather_to_ring("test-image", rows)
+    assert again.slot == slot and again.location()[2] is None
+    got = ForkingPickler.loads(ForkingPickler.dumps(_SlotTensor(again)))
+    np.testing.assert_array_equal(got.numpy(), rows.materialize())
+    del got
+    assert ring.state[slot] == 0
 
 
 @pytest.mark.parametrize("persistent", [False, True])
@@ -207,7 +209,11 @@ def test_rings_under_a_dataloader_keep_held_batches_intact(url, persistent):
         for b in epoch:
             np.testing.assert_array_equal(b["image"].numpy(), image_of(b["id"].numpy()))
             np.testing.assert_array_equal(b["emb"].numpy(), emb_of(b["id"].numpy()))
-    del kept, loader
+    del kept, epoch, b
+    gc.collect()
+    # every slot is free again the moment its batch is dropped, so workers use their rings again
+    assert all(not r.state[:_ring.RING_SLOTS].any() for r in _ring._rings.values())
+    del loader
     # later loaders' first rings drop the rings of workers that have exited
     for _ in range(3):
         for _ in DataLoader(TorchDataset(url, batch_size=16, shuffle=True, seed=9), batch_size=None, num_workers=2):
@@ -236,7 +242,7 @@ def test_large_decoded_batches_travel_through_the_ring(tmp_path, shuffle):
         assert sum(len(b["id"]) for b in kept) == n
         assert max(b["tokens"].numel() * 4 for b in kept) > INLINE_BYTES
         if _ring.available():  # some batches arrived as views of ring slots
-            owners = [entry[2] for entry in _ring._held]
+            owners = list(_ring._owners.values())
             assert any(np.shares_memory(o, b["tokens"].numpy()) for o in owners for b in kept)
         for b in kept:
             for j, i in enumerate(b["id"].tolist()):
