@@ -152,8 +152,9 @@ _owners: "weakref.WeakValueDictionary[tuple[str, int], np.ndarray]" = weakref.We
 _lock = threading.Lock()  # batches may be unpickled on the DataLoader's pin-memory thread
 
 
-def _free(state: np.ndarray, slot: int) -> None:
-    state[slot] = 0
+def _free(state: np.ndarray, slot: int, pid: int) -> None:
+    if os.getpid() == pid:  # a forked child dropping its copy of a batch frees nothing
+        state[slot] = 0
 
 
 def _alive(pid: int) -> bool:
@@ -189,6 +190,6 @@ def attach(ring_id: str, pid: int, fd: Any, size: int, slot_bytes: int, slot: in
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         start = HEADER + slot * slot_bytes
         owner = np.frombuffer(memoryview(ring.mm)[start:start + nbytes], dtype=dtype)
-        weakref.finalize(owner, _free, ring.state, slot)  # the state keeps the ring's map alive
+        weakref.finalize(owner, _free, ring.state, slot, os.getpid())  # the state keeps the ring's map alive
         _owners[ring_id, slot] = owner
         return owner.reshape(shape)

@@ -5,6 +5,7 @@ reach the file or another batch."""
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 
 import numpy as np
@@ -175,6 +176,13 @@ def test_ring_slot_is_reused_only_after_every_reference_is_gone(url):
     assert first.numpy().flags.writeable
     view = first[1:, 0]
     arr = view.numpy()[::2]
+    pid = os.fork()
+    if pid == 0:  # a forked child dropping its copies must not free the parent's slot
+        del first, view, arr
+        gc.collect()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert ring.state[slot] == 1
     del first
     assert ring.state[slot] == 1  # still viewed (a torch view and a numpy view of it)
     del view
