@@ -318,12 +318,12 @@ class Scanner:
             keep &= _predicate_mask(self.predicate, cols, t.num_rows)
         return np.flatnonzero(keep), t
 
-    def row_group_tables(self) -> Iterator[pa.Table]:
+    def row_group_tables(self, cut: bool = True) -> Iterator[pa.Table]:
         """Matching rows, in order, as storage-layout tables.
 
-        Without a filter or predicate, each shard's row groups are decoded by one
-        ``iter_batches`` call producing ``batch_size``-row batches that span row groups, so no
-        batch needs re-assembly. With one, row groups are read one by one (filter columns first).
+        Without a filter or predicate, each shard's row groups are read by :func:`read_batches`
+        as ``batch_size``-row batches (``cut=False``: as the row groups it reads whole, where it
+        does). With one, row groups are read one by one (filter columns first).
         """
         for shard, refs in itertools.groupby(self.row_groups, key=lambda r: r.shard):
             refs = list(refs)
@@ -335,7 +335,7 @@ class Scanner:
                     for ref in refs:
                         yield from self._row_group_table(pf, ref, rel)
                 else:
-                    yield from self._stream_row_groups(pf, refs, rel, source)
+                    yield from self._stream_row_groups(pf, refs, rel, source, cut)
             finally:
                 source.close()
 
@@ -372,7 +372,7 @@ class Scanner:
         return direct
 
     def _stream_row_groups(self, pf: pq.ParquetFile, refs: list[RowGroupRef], rel: str,
-                           source: Any = None) -> Iterator[pa.Table]:
+                           source: Any = None, cut: bool = True) -> Iterator[pa.Table]:
         cols = self._storage_cols
         self._account(pf, refs, cols)
         bs = self.batch_size
@@ -385,7 +385,7 @@ class Scanner:
             return
         try:
             for rb in read_batches(pf, [r.row_group for r in refs], cols, [first], bs, limit=self._row_limit,
-                                   direct=self._direct(pf, source, rel)):
+                                   direct=self._direct(pf, source, rel), cut=cut):
                 self.stats.rows_matched += rb.num_rows
                 yield pa.Table.from_batches([rb])
         except (pa.ArrowInvalid, OSError) as e:
@@ -451,33 +451,41 @@ class Scanner:
                 f"manifest says {info.rows} rows in {len(info.row_groups)}"
             )
 
-    def iter_tables(self) -> Iterator[pa.Table]:
-        """Storage-layout tables of exactly ``batch_size`` rows (the last may be shorter).
+    def _spans(self, cut: bool) -> Iterator[tuple[pa.Table, int, int]]:
+        """``(table, start, stop)``: each batch of exactly ``batch_size`` rows (the last may be
+        shorter) as a row range of one table read, or of a table joined from the ends of two.
 
         Streaming reads are told how many rows complete the pending batch, so a batch is only
-        re-assembled (copied) where it spans two shard files or a filtered row group.
+        re-assembled (copied) where it spans two shard files or a filtered row group. ``cut=False``
+        lets reads hand over whole row groups (see :func:`read_batches`) for :meth:`__iter__`.
         """
         bs = self.batch_size
         pending: list[pa.Table] = []
         have = 0
         self._carry_need = 0
-        for t in self.row_group_tables():
+        for t in self.row_group_tables(cut=cut):
             start = 0
             n = t.num_rows
             if pending and have + n >= bs:
                 take = bs - have
                 pending.append(t.slice(0, take))
-                yield pa.concat_tables(pending)
+                yield pa.concat_tables(pending), 0, bs
                 pending, have, start = [], 0, take
             while n - start >= bs:
-                yield t.slice(start, bs)
+                yield t, start, start + bs
                 start += bs
             if start < n:
                 pending.append(t.slice(start))
                 have += n - start
             self._carry_need = bs - have if have else 0
         if pending and not self.drop_last:
-            yield pa.concat_tables(pending)
+            joined = pa.concat_tables(pending)
+            yield joined, 0, joined.num_rows
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """Storage-layout tables of exactly ``batch_size`` rows (the last may be shorter)."""
+        for t, a, b in self._spans(cut=True):
+            yield t if a == 0 and b == t.num_rows else t.slice(a, b - a)
 
     def decode(self, table: pa.Table) -> dict[str, Any]:
         """Decode a storage-layout table of the scanned columns into numpy (see ``to_batches``)."""
@@ -487,8 +495,24 @@ class Scanner:
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for t in self.iter_tables():
-            yield self.decode(t)
+        """Decoded batches. Where a second batch comes from the same table read, the rest of that
+        table is decoded once and later batches are slices of it: decoding costs a fixed few
+        microseconds per column and call, which dominated batches of small rows."""
+        if self.pad_variable:  # the padded width is each batch's own
+            for t in self.iter_tables():
+                yield self.decode(t)
+            return
+        parent: pa.Table | None = None
+        rest: dict[str, Any] | None = None
+        base = 0
+        for t, a, b in self._spans(cut=False):
+            if t is not parent:
+                parent, rest = t, None
+                yield self.decode(t if a == 0 and b == t.num_rows else t.slice(a, b - a))
+                continue
+            if rest is None:
+                base, rest = a, self.decode(t.slice(a))
+            yield {k: v[a - base:b - base] for k, v in rest.items()}
 
 
 def _column_bytes(pf: pq.ParquetFile, row_group: int, cols: list[str]) -> int:
@@ -507,6 +531,7 @@ def read_batches(
     *,
     limit: int | None = None,
     direct: Callable[[int], dict[str, pa.Array]] | None = None,
+    cut: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     """Decode ``row_groups`` of ``pf`` as record batches of ``sizes[0]``, ``sizes[1]``, ... rows,
     then ``then`` rows each (the last batch may be shorter).
@@ -534,11 +559,14 @@ def read_batches(
     direct : callable, optional
         ``direct(row_group)`` gives columns of that row group that need no decoding (arrays
         over the file's own bytes, see :mod:`tensorstore_fs.pages`); pyarrow decodes the rest.
+    cut : bool
+        False: where row groups are read whole, yield them as read (one batch per row group, in
+        row order) and leave cutting to the caller.
 
     Yields
     ------
     pyarrow.RecordBatch
-        Batches of exactly the requested sizes, in row order.
+        Batches of exactly the requested sizes, in row order (unless ``cut`` is False).
     """
     plan = list(sizes)
 
@@ -555,9 +583,13 @@ def read_batches(
         # batches span and the decoder's one copy is cheaper (measured crossover)
         direct = None
     first = direct(groups[0]) if whole and direct is not None and groups else {}
-    if whole and groups and _row_bytes(pf, groups[0], [c for c in columns if c not in first]) >= WIDE_ROW_BYTES:
-        # wide rows to decode (tensors): the batch reader decodes a batch that spans row groups
-        # straight into one buffer; whole row groups would cost a second copy for every such batch
+    fixed = [c for c in columns if c not in first and pa.types.is_fixed_size_binary(pf.schema_arrow.field(c).type)] \
+        if whole else []
+    if whole and groups and _row_bytes(pf, groups[0], fixed) >= WIDE_ROW_BYTES:
+        # wide fixed-size rows to decode (tensors): the batch reader decodes a batch that spans row
+        # groups straight into one buffer; whole row groups would cost a second copy for every such
+        # batch. Not for variable-shape rows: their batches cost twice as long through the batch
+        # reader as cut from whole row groups (token rows of ~1 KiB, measured)
         whole = False
     if not whole:
         yield from _stream_batches(pf, groups, columns, next_size)
@@ -590,7 +622,7 @@ def read_batches(
                 at += n
                 yield from pa.Table.from_arrays(arrays, schema=schema).to_batches()
 
-    yield from _recut(decoded(), next_size(), next_size)
+    yield from _recut(decoded(), next_size(), next_size) if cut else decoded()
 
 
 def _recut(batches: Iterable[pa.RecordBatch], want: int, next_size: Any,

@@ -133,3 +133,55 @@ def test_rows_hint_is_validated_and_changes_no_rows(tmp_path):
     hinted = Scanner(ds.storage, ds.manifest, batch_size=700, rows_hint=10)
     assert np.array_equal(np.concatenate([b["id"] for b in hinted]), np.arange(5000))
     assert np.array_equal(ds.head(3)["id"], [0, 1, 2])
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, np.ma.MaskedArray) or isinstance(b, np.ma.MaskedArray):
+        return (np.array_equal(np.ma.getmaskarray(a), np.ma.getmaskarray(b))
+                and np.array_equal(np.ma.filled(a, 0), np.ma.filled(b, 0)))
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["all", "filter"])
+def test_batches_cut_from_one_decode_equal_batches_decoded_one_by_one(tmp_path, filtered):
+    # Scanner.__iter__ decodes the rest of a table read once and slices later batches from it;
+    # every batch must equal decoding that batch's own rows (iter_tables + decode), whatever the
+    # batch size, shard boundaries, nulls, strings, variable-shape rows or drop_last
+    import pyarrow.compute as pc
+
+    import tensorstore_fs as tsfs
+    from tensorstore_fs.scan import Scanner
+
+    n = 3000
+    ids = np.arange(n)
+    rng = np.random.default_rng(5)
+    cols = {"id": ids, "label": (ids % 7).astype(np.int32),
+            "score": [None if i % 11 == 0 else float(i) / 3 for i in ids],
+            "name": [None if i % 13 == 0 else f"row{i}" for i in ids],
+            "vec": (ids[:, None] + np.arange(4)).astype(np.float32),
+            "tokens": [np.arange(int(rng.integers(0, 9)), dtype=np.int32) + i for i in ids]}
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("label", "int32"),
+                          tsfs.Field("score", "float64", nullable=True), tsfs.Field("name", "string", nullable=True),
+                          tsfs.Field("vec", "float32", (4,)), tsfs.Field("tokens", "int32", (None,))])
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), cols, schema, row_group_bytes=12_000, shard_bytes=40_000)
+    assert len(ds.shards) > 1 and len(ds.row_groups) > len(ds.shards)
+    flt = (pc.field("label") != 3) if filtered else None
+    for bs in (1, 5, 64, 333, 5000):
+        for drop_last in (False, True):
+            def scanner():
+                return Scanner(ds.storage, ds.manifest, batch_size=bs, drop_last=drop_last, filter=flt)
+            plain = scanner()
+            one_by_one = [plain.decode(t) for t in plain.iter_tables()]
+            cut = list(scanner())
+            assert len(cut) == len(one_by_one)
+            for got, want in zip(cut, one_by_one):
+                assert list(got) == list(want)
+                for k in want:
+                    assert _same(got[k], want[k]), (bs, drop_last, k)
+            kept = ids[ids % 7 != 3] if filtered else ids
+            rows = np.concatenate([b["id"] for b in cut]) if cut else np.zeros(0, np.int64)
+            assert np.array_equal(rows, kept[:len(kept) // bs * bs] if drop_last else kept)
