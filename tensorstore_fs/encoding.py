@@ -115,19 +115,18 @@ def _encode_variable(col: Column) -> tuple[pa.Array, pa.Array]:
     f = col.field
     ndim = len(f.shape)
     n = col.length
+    live = [a for a in col.values if a is not None]  # null rows are None (their valid bit is 0)
     shapes = np.zeros((n, ndim), dtype=np.int32)
-    sizes = np.zeros(n, dtype=np.int64)
-    parts = []
-    itemsize = f.numpy_dtype.itemsize
-    for i, a in enumerate(col.values):
-        if a is None:
-            continue
-        shapes[i] = a.shape
-        sizes[i] = a.size * itemsize
-        parts.append(np.ascontiguousarray(a, dtype=f.numpy_dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
+    dims = np.array([a.shape for a in live], dtype=np.int32).reshape(len(live), ndim)
+    if col.valid is None:
+        shapes[:] = dims
+    else:
+        shapes[col.valid] = dims
     offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    payload = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    np.cumsum(np.prod(shapes, axis=1, dtype=np.int64) * f.numpy_dtype.itemsize, out=offsets[1:])
+    dt = f.numpy_dtype.newbyteorder("<")
+    flat = live if ndim == 1 else [a.reshape(-1) for a in live]
+    payload = np.concatenate(flat, dtype=dt).view(np.uint8) if live else np.zeros(0, dtype=np.uint8)
     nulls = 0 if col.valid is None else int((~col.valid).sum())
     values = pa.Array.from_buffers(
         pa.large_binary(), n, [_validity_buffer(col.valid), pa.py_buffer(offsets), pa.py_buffer(payload)], null_count=nulls

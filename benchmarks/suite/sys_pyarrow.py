@@ -6,7 +6,11 @@
             row-group size in rows of tsfs's file): what tsfs's writer costs at the least.
 * reads     the tsfs dataset's own shard files: ``pq.ParquetFile(path, memory_map=True)`` opened once, every
             row group read whole, ``np.frombuffer`` of the tensor buffers (offset honoured), ``to_numpy()``
-            of scalars, token rows as flat values + offsets (no per-row objects). No batching, no shuffle.
+            of scalars, token rows as flat values + offsets (no per-row objects), then cut into the
+            256-row batches every reader hands its consumer (numpy views, no copy; the rows left at a
+            row group's end form a shorter batch). No shuffle. ``pyarrow-rg``: the same without
+            cutting, one batch per row group (sequential read and projection only; shown, never
+            divided by: the consumer's cost per batch falls on 256-row readers alone).
 * filter    ``pyarrow.dataset`` over those files with the same expression (row-group statistics pruning).
 * project   ``read_row_group(g, columns=["label"])``.
 * ttfb      ``pyarrow.dataset`` over the 1000-shard copy's ``data/`` folder, first batch.
@@ -17,11 +21,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from suite.data import Ragged, Spec
+from suite.data import BATCH, Ragged, Spec
 from suite.harness import PassOut, Skip, consume
 
 FORMAT = "pyarrow"
-READERS = {"pyarrow": "raw pyarrow: ParquetFile(mmap) + np.frombuffer (reference)"}
+READERS = {"pyarrow": "raw pyarrow: ParquetFile(mmap) + np.frombuffer, cut into 256-row views (reference)",
+           "pyarrow-rg": "raw pyarrow as the reference, one batch per whole row group (no cutting)"}
 
 
 def arrow_table(s: Spec, src: dict[str, Any]):
@@ -89,6 +94,14 @@ def decode(t, s: Spec) -> dict[str, Any]:
     return out
 
 
+def cut(batch: dict[str, Any], rows: int):
+    """``batch`` (numpy columns, Ragged token rows) as views of ``rows`` rows each."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        yield {k: Ragged(v.flat, v.offsets[a:b + 1]) if isinstance(v, Ragged) else v[a:b] for k, v in batch.items()}
+
+
 def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
@@ -98,6 +111,8 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
     files = ctx["tsfs_files"]
     if measure == "shuffle":
         raise Skip("raw pyarrow has no shuffle; shuffled reads are compared with its sequential read")
+    if name == "pyarrow-rg" and measure not in ("seq", "project"):
+        raise Skip("shown for the sequential read and the projection only")
     if measure in ("seq", "project"):
         opened = [pq.ParquetFile(f, memory_map=True) for f in files]  # opened once, like tsfs keeps its own
         cols = ["label"] if measure == "project" else None
@@ -107,7 +122,11 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
         def batches():
             for pf in opened:
                 for g in range(pf.num_row_groups):
-                    yield decode(pf.read_row_group(g, columns=cols), s)
+                    whole = decode(pf.read_row_group(g, columns=cols), s)
+                    if name == "pyarrow-rg":
+                        yield whole
+                    else:
+                        yield from cut(whole, BATCH)
 
         def run(epoch: int) -> PassOut:
             return consume(batches(), k, id_key)
@@ -117,7 +136,8 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
 
         def run(epoch: int) -> PassOut:
             dset = pads.dataset(files, format="parquet")
-            return consume((decode(b, s) for b in dset.to_batches(filter=expr) if b.num_rows), keys, "id")
+            return consume((c for b in dset.to_batches(filter=expr) if b.num_rows for c in cut(decode(b, s), BATCH)),
+                           keys, "id")
         return run, {}
     if measure == "ttfb":
         url = ctx["ttfb_paths"].get("tsfs")
