@@ -1,0 +1,85 @@
+"""The benchmark suite's bookkeeping: the raw-pyarrow reference's batches, target verdicts and
+the "behind" list, from synthetic results (no timing here, never)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def suite(monkeypatch_module):
+    monkeypatch_module.syspath_prepend(str(BENCH))
+    from suite import report, sys_pyarrow
+    from suite.data import Ragged
+    return report, sys_pyarrow, Ragged
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+    for name in [m for m in sys.modules if m == "suite" or m.startswith("suite.") or m == "_common"]:
+        del sys.modules[name]
+
+
+def test_reference_cuts_row_groups_into_views_of_the_batch_size(suite):
+    _, sys_pyarrow, Ragged = suite
+    n = 600
+    lengths = np.arange(n) % 7
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.arange(offsets[-1], dtype=np.int32)
+    whole = {"id": np.arange(n), "tokens": Ragged(flat, offsets)}
+    batches = list(sys_pyarrow.cut(whole, 256))
+    assert [len(b["id"]) for b in batches] == [256, 256, 88]
+    assert [len(b["tokens"]) for b in batches] == [256, 256, 88]
+    rows = [b["tokens"][i] for b in batches for i in range(len(b["tokens"]))]
+    assert all(np.array_equal(r, flat[offsets[i]:offsets[i + 1]]) for i, r in enumerate(rows))
+    assert np.shares_memory(batches[1]["id"], whole["id"])  # views, not copies
+
+
+def _entry(rows_s: float, rows: int = 10_000) -> dict:
+    return {"status": "ok", "rows": rows, "median_s": rows / rows_s, "rows_s": rows_s, "gb_s": 0.1}
+
+
+def _record(seq: dict, skipped: tuple[str, ...] = ()) -> dict:
+    res = {name: _entry(v) for name, v in seq.items()}
+    res.update({name: {"status": "skipped", "reason": "not here"} for name in skipped})
+    return {"results": {"tabular": {"seq": res}}, "meta": {"repeat": 3},
+            "datasets": {"tabular": {"rows": 10_000, "filter_k": 100, "payload_bytes": 1, "row_nbytes": 1}},
+            "extras": {"tabular": {"tsfs_rg_rows": 10_000, "tsfs_row_groups": 1}}}
+
+
+def test_targets_use_the_cut_reference_and_never_compare_with_the_uncut_read(suite):
+    report, _, _ = suite
+    R = _record({"pyarrow": 1.0e6, "pyarrow-rg": 9.0e6, "tsfs-numpy": 0.95e6, "tsfs-torch0": 0.5e6,
+                 "h5py": 0.8e6})
+    got = {t["target"]: t for t in report.evaluate_targets(R)}
+    numpy_raw = got["sequential read: tsfs within 0.9x of raw pyarrow (tsfs-numpy)"]
+    assert numpy_raw["ratio"] == pytest.approx(0.95) and numpy_raw["met"] is True
+    torch_raw = got["sequential read: tsfs within 0.9x of raw pyarrow (tsfs-torch0)"]
+    assert torch_raw["ratio"] == pytest.approx(0.5) and torch_raw["met"] is False
+    into_torch = got["sequential read into torch: tsfs ahead of every peer"]
+    assert into_torch["other"] == "h5py" and into_torch["ratio"] == pytest.approx(0.625)
+    assert into_torch["met"] is False
+    assert report.behind(R) == []  # 0.95x the reference is within its 10 %; h5py is slower
+    R = _record({"pyarrow": 1.0e6, "pyarrow-rg": 9.0e6, "tsfs-numpy": 0.7e6, "h5py": 0.8e6})
+    (entry,) = report.behind(R)
+    assert dict(entry["faster"]) == pytest.approx({"pyarrow": 1.0 / 0.7, "h5py": 0.8 / 0.7})
+
+
+def test_uncut_read_is_listed_where_it_ran_and_hidden_where_skipped(suite):
+    report, _, _ = suite
+    R = _record({"pyarrow": 1.0e6, "pyarrow-rg": 2.0e6, "tsfs-numpy": 1.0e6})
+    table = report.measure_table(R, "tabular", "seq")
+    assert report.READ_LABELS["pyarrow-rg"] in table
+    R = _record({"pyarrow": 1.0e6, "tsfs-numpy": 1.0e6}, skipped=("pyarrow-rg", "h5py"))
+    table = report.measure_table(R, "tabular", "seq")
+    assert report.READ_LABELS["pyarrow-rg"] not in table
+    assert report.READ_LABELS["h5py"] in table  # other skipped systems still say why
