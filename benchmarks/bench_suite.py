@@ -483,7 +483,8 @@ def notes(args: argparse.Namespace, R: dict[str, Any]) -> list[str]:
         "read for shuffled reads, which it has no analogue of; 1 / time for the time to first batch). Raw pyarrow "
         "ran first and again last; its figure is the median of both runs' repetitions (per-run medians in suite.json, "
         "`runs_s`).",
-        f"Reads: batches of {BATCH} rows (raw pyarrow: whole row groups); every batch consumed (each column's length "
+        f"Reads: batches of {BATCH} rows (raw pyarrow: whole row groups cut into {BATCH}-row views; pyarrow-rg, "
+        "shown only: whole row groups); every batch consumed (each column's length "
         "checked, one element of each read, ids copied) and verified after the timer (each row exactly once; the "
         "filter exactly id < n/100). Shuffle buffers: WebDataset `.shuffle(1000)` + shardshuffle, TFRecord "
         f"`.shuffle({SHUFFLE_BUFFER})` + file order, Petastorm `shuffle_row_groups=True` + `shuffling_queue_capacity="

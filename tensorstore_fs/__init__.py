@@ -35,6 +35,7 @@ from .predicates import (
     in_reduce,
     in_set,
 )
+from .ragged import RaggedRows
 from .schema import Field, Schema
 from .writer import DatasetWriter, write_dataset
 
@@ -47,6 +48,7 @@ __all__ = [
     "DatasetWriter",
     "open_dataset",
     "Dataset",
+    "RaggedRows",
     "Predicate",
     "in_set",
     "in_range",

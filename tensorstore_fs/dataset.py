@@ -100,6 +100,7 @@ class Dataset:
         *,
         pad_variable: bool = False,
         drop_last: bool = False,
+        flat_variable: bool = False,
     ) -> Scanner:
         """A :class:`~tensorstore_fs.scan.Scanner`: iterate it for batches, read ``.stats`` after."""
         return Scanner(
@@ -112,6 +113,7 @@ class Dataset:
             pad_variable=pad_variable,
             drop_last=drop_last,
             storage_schema=self.storage_schema,
+            flat_variable=flat_variable,
         )
 
     def to_batches(
@@ -123,6 +125,7 @@ class Dataset:
         *,
         pad_variable: bool = False,
         drop_last: bool = False,
+        flat_variable: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Yield batches as dicts of numpy arrays, in storage order.
 
@@ -144,6 +147,10 @@ class Dataset:
             zero-padded array plus ``<name>__shape`` (n, ndim) holding each row's shape.
         drop_last : bool
             Drop a final batch shorter than ``batch_size``.
+        flat_variable : bool
+            Variable-shape fields as one :class:`~tensorstore_fs.ragged.RaggedRows` per batch:
+            the rows' values back to back plus offsets and shapes, with no object per row
+            (exclusive with ``pad_variable``).
 
         Yields
         ------
@@ -152,7 +159,8 @@ class Dataset:
             scalars as ``(n,)`` arrays; strings/bytes as object arrays; nullable numeric fields as
             ``numpy.ma.MaskedArray``.
         """
-        return iter(self.scanner(columns, filter, predicate, batch_size, pad_variable=pad_variable, drop_last=drop_last))
+        return iter(self.scanner(columns, filter, predicate, batch_size, pad_variable=pad_variable, drop_last=drop_last,
+                                 flat_variable=flat_variable))
 
     def to_table(
         self,

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .columns import Column
 from .errors import CorruptDatasetError
+from .ragged import RaggedRows
 from .schema import Field, Schema
 
 __all__ = [
@@ -414,15 +415,19 @@ def _pad_parts(parts: _VariableParts, f: Field) -> tuple[np.ndarray, np.ndarray]
     return out, shapes
 
 
-def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = False) -> dict[str, Any]:
+def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = False,
+                  flat: bool = False) -> dict[str, Any]:
     """Decode field ``f`` from a storage-layout batch into numpy.
 
     Returns a dict with ``{f.name: values}``, plus ``{f.name + "__shape": shapes}`` for padded
-    variable-shape fields.
+    variable-shape fields. Variable-shape fields are a list of per-row arrays, or with ``pad``
+    zero-padded, or with ``flat`` one :class:`~tensorstore_fs.ragged.RaggedRows`.
     """
     arr = _single_chunk(table.column(f.name))
     if f.is_fixed_tensor:
         return {f.name: _masked(fixed_values(arr, f), _valid_mask(arr), f)}
+    if f.is_variable and flat:
+        return {f.name: _flat_rows(arr, _single_chunk(table.column(shape_column(f.name))), f)}
     if f.is_variable:
         shape_arr = _single_chunk(table.column(shape_column(f.name)))
         if len(arr) == 0:
@@ -445,6 +450,26 @@ def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = Fal
         arr = arr.fill_null(False if f.dtype == "bool" else 0)
     values = arr.to_numpy(zero_copy_only=False)
     return {f.name: _masked(values, valid, f)}
+
+
+def _flat_rows(arr: pa.Array, shapes: pa.Array, f: Field) -> RaggedRows:
+    """A variable-shape column as flat values plus offsets: a view of the payload where its rows
+    are element-aligned (always, for files tsfs writes), else one copy of the rows."""
+    ndim = len(f.shape)
+    if len(arr) == 0:
+        return RaggedRows(np.zeros(0, f.numpy_dtype), np.zeros(1, np.int64), np.zeros((0, ndim), np.int64))
+    parts = _variable_parts(arr, shapes, f)
+    dims = parts.shp.astype(np.int64)
+    if parts.valid is not None:
+        dims[~parts.valid] = 0
+    if parts.typed is not None:
+        return RaggedRows(parts.typed, parts.offs // parts.dtype.itemsize, dims, parts.valid)
+    rows = _rows(parts, ndim)
+    live = [r.reshape(-1) for r in rows if r is not None]
+    lengths = np.array([0 if r is None else r.size for r in rows], dtype=np.int64)
+    offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(lengths)])
+    values = np.concatenate(live).astype(f.numpy_dtype, copy=False) if live else np.zeros(0, f.numpy_dtype)
+    return RaggedRows(values, offsets, dims, parts.valid)
 
 
 def to_arrow_tensor(arr: pa.Array | pa.ChunkedArray, f: Field) -> pa.Array:

@@ -168,7 +168,8 @@ class Scanner:
     """An iterable over decoded batches of one dataset version.
 
     Build it with :meth:`tensorstore_fs.Dataset.scanner`; iterate it for dicts of numpy arrays.
-    ``stats`` reports what the scan touched. ``rows_hint``: the caller will consume at most that
+    ``stats`` reports what the scan touched. Variable-shape fields: lists of arrays, or padded
+    (``pad_variable``), or :class:`~tensorstore_fs.ragged.RaggedRows` (``flat_variable``). ``rows_hint``: the caller will consume at most that
     many rows (it changes how pages are decoded, never which rows come).
     """
 
@@ -186,8 +187,12 @@ class Scanner:
         row_groups: Sequence[RowGroupRef] | None = None,
         storage_schema: pa.Schema | None = None,
         rows_hint: int | None = None,
+        flat_variable: bool = False,
     ) -> None:
         schema = manifest.schema
+        if pad_variable and flat_variable:
+            raise InvalidArgumentError("pad_variable and flat_variable are exclusive: variable-shape rows are "
+                                       "either padded or flat values plus offsets")
         if columns is None:
             names = schema.names
         else:
@@ -219,6 +224,7 @@ class Scanner:
         self.predicate = predicate
         self.batch_size = int(batch_size)
         self.pad_variable = pad_variable
+        self.flat_variable = flat_variable
         self.drop_last = drop_last
         self.stats = ScanStats()
         self._carry_need = 0
@@ -491,7 +497,7 @@ class Scanner:
         """Decode a storage-layout table of the scanned columns into numpy (see ``to_batches``)."""
         out: dict[str, Any] = {}
         for f in self._fields:
-            out.update(decode_column(table, f, pad=self.pad_variable))
+            out.update(decode_column(table, f, pad=self.pad_variable, flat=self.flat_variable))
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

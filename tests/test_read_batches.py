@@ -163,10 +163,12 @@ def test_batches_cut_from_one_decode_equal_batches_decoded_one_by_one(tmp_path, 
             "score": [None if i % 11 == 0 else float(i) / 3 for i in ids],
             "name": [None if i % 13 == 0 else f"row{i}" for i in ids],
             "vec": (ids[:, None] + np.arange(4)).astype(np.float32),
-            "tokens": [np.arange(int(rng.integers(0, 9)), dtype=np.int32) + i for i in ids]}
+            "tokens": [np.arange(int(rng.integers(0, 9)), dtype=np.int32) + i for i in ids],
+            "boxes": [None if i % 17 == 0 else np.full((int(rng.integers(0, 4)), 2), i, np.float32) for i in ids]}
     schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("label", "int32"),
                           tsfs.Field("score", "float64", nullable=True), tsfs.Field("name", "string", nullable=True),
-                          tsfs.Field("vec", "float32", (4,)), tsfs.Field("tokens", "int32", (None,))])
+                          tsfs.Field("vec", "float32", (4,)), tsfs.Field("tokens", "int32", (None,)),
+                          tsfs.Field("boxes", "float32", (None, 2), nullable=True)])
     ds = tsfs.write_dataset(str(tmp_path / "ds"), cols, schema, row_group_bytes=12_000, shard_bytes=40_000)
     assert len(ds.shards) > 1 and len(ds.row_groups) > len(ds.shards)
     flt = (pc.field("label") != 3) if filtered else None
@@ -182,6 +184,18 @@ def test_batches_cut_from_one_decode_equal_batches_decoded_one_by_one(tmp_path, 
                 assert list(got) == list(want)
                 for k in want:
                     assert _same(got[k], want[k]), (bs, drop_last, k)
+            # flat_variable: the same rows as RaggedRows views of the same decoded values
+            flat = list(Scanner(ds.storage, ds.manifest, batch_size=bs, drop_last=drop_last, filter=flt,
+                                flat_variable=True))
+            assert len(flat) == len(one_by_one)
+            for got, want in zip(flat, one_by_one):
+                for k in ("tokens", "boxes"):
+                    assert isinstance(got[k], tsfs.RaggedRows) and len(got[k]) == len(want[k])
+                    assert _same(got[k].to_list(), want[k]), (bs, drop_last, k)
+                    live = [r for r in want[k] if r is not None]
+                    assert np.array_equal(got[k].lengths, [0 if r is None else r.size for r in want[k]])
+                    values = got[k].values[got[k].offsets[0]:got[k].offsets[-1]]
+                    assert np.array_equal(values, np.concatenate([r.reshape(-1) for r in live]) if live else [])
             kept = ids[ids % 7 != 3] if filtered else ids
             rows = np.concatenate([b["id"] for b in cut]) if cut else np.zeros(0, np.int64)
             assert np.array_equal(rows, kept[:len(kept) // bs * bs] if drop_last else kept)

@@ -39,7 +39,7 @@ WRITE_LABELS = {
 READ_LABELS = {
     "pyarrow": "raw pyarrow: ParquetFile(mmap) + np.frombuffer, cut into 256-row views (reference)",
     "pyarrow-rg": "raw pyarrow, one batch per whole row group (not cut; not a reference)",
-    "tsfs-numpy": "tsfs Dataset.to_batches (numpy)",
+    "tsfs-numpy": "tsfs Dataset.to_batches (numpy; variable rows flat_variable=True)",
     "tsfs-torch0": "tsfs TorchDataset + DataLoader(num_workers=0)",
     "tsfs-torch2": "tsfs TorchDataset + DataLoader(num_workers=2)",
     "tsfs-tf": "tsfs make_tf_dataset (tf.data)",
@@ -274,9 +274,9 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
                      f"else to do; tsfs decodes the same row groups (tensors: mapped from the file) and cuts the "
                      f"same batches, plus its own fixed cost per batch and column (plan, carry across row groups, "
                      f"a dict of arrays or tensors), which dominates small rows")
-        if kind == "tokens":
-            parts.append("token rows cost a numpy view per row in tsfs (to_batches: a list of arrays; torch/tf: "
-                         "padded or ragged per batch), where the raw read keeps flat values + offsets")
+        if kind == "tokens" and tsfs_name != "tsfs-numpy":
+            parts.append("token rows are padded (torch) or ragged (tf) per batch, where the raw read keeps flat "
+                         "values + offsets")
         if kind == "tabular":
             parts.append("18 columns make that per-batch cost 18 slices/decodes per 256 rows (76 B/row)")
         if tsfs_name == "tsfs-torch2":

@@ -1,6 +1,7 @@
-"""tensorstore_fs: ``write_dataset``; reads through ``Dataset.to_batches`` (numpy), ``TorchDataset`` in a
-``DataLoader`` (``num_workers`` 0 and 2, ``batch_size=None``, persistent workers for 2) and
-``make_tf_dataset`` (tf.data)."""
+"""tensorstore_fs: ``write_dataset``; reads through ``Dataset.to_batches`` (numpy; variable-shape rows
+with ``flat_variable=True``, flat values plus offsets like the raw reference hands over), ``TorchDataset``
+in a ``DataLoader`` (``num_workers`` 0 and 2, ``batch_size=None``, persistent workers for 2; token rows
+padded per batch, the adapter's default) and ``make_tf_dataset`` (tf.data; ``tf.RaggedTensor``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from suite.harness import PassOut, Skip, consume
 
 FORMAT = "tsfs"
 READERS = {
-    "tsfs-numpy": "tsfs Dataset.to_batches (numpy)",
+    "tsfs-numpy": "tsfs Dataset.to_batches (numpy; variable rows flat_variable=True)",
     "tsfs-torch0": "tsfs TorchDataset + DataLoader(num_workers=0)",
     "tsfs-torch2": "tsfs TorchDataset + DataLoader(num_workers=2, persistent)",
     "tsfs-tf": "tsfs make_tf_dataset (tf.data)",
@@ -79,6 +80,7 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
     kw: dict[str, Any] = {}
     if measure == "filter":
         kw["filter"] = flt
+    flat = {"flat_variable": True} if any(c.is_variable for c in s.cols) else {}
     if cols:
         kw["columns"] = cols
     limit = 1 if measure == "ttfb" else None
@@ -92,14 +94,14 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
             raise Skip("to_batches reads in storage order; shuffling lives in the torch / tf.data adapters")
         if measure == "ttfb":
             def run(epoch: int) -> PassOut:
-                return consume(tsfs.open_dataset(url).to_batches(batch_size=BATCH), keys, id_key, limit=1)
+                return consume(tsfs.open_dataset(url).to_batches(batch_size=BATCH, **flat), keys, id_key, limit=1)
             return run, {}
         ds = tsfs.open_dataset(url)
         meta: dict[str, Any] = {}
         last: list[Any] = []
 
         def run(epoch: int) -> PassOut:
-            sc = ds.scanner(batch_size=BATCH, **kw)
+            sc = ds.scanner(batch_size=BATCH, **kw, **flat)
             last[:] = [sc]
             return consume(sc, keys, id_key)
 
