@@ -315,6 +315,10 @@ class PlannedStream:
         self._files: _Files | None = None
         self._files_pid: int | None = None
         self._pool = _RecyclingPool()
+        # per-batch bookkeeping that depends only on the columns and batch size, computed once
+        self._field_cache: dict[tuple[str, ...], list[Field]] = {}
+        self._layout_cache: dict[tuple[Any, ...], tuple[int, list, list]] = {}
+        self._order_cache: dict[tuple[str, ...], list[str]] = {}
 
     @property
     def read_rows(self) -> int:
@@ -678,27 +682,30 @@ class PlannedStream:
                       cols: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         n = len(units)
-        order = np.argsort(units, kind="stable")
-        bounds = np.flatnonzero(np.diff(units[order])) + 1
-        slots = {int(units[g[0]]): g for g in np.split(order, bounds)} if n else {}
         # runs of consecutive rows from one row group (the plan keeps a batch's rows grouped)
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(units)) + 1, [n]]).astype(np.int64)
-        runs = [(int(units[a]), int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        cuts = np.flatnonzero(units[1:] != units[:-1]) + 1 if n > 1 else np.zeros(0, np.int64)
+        starts = [0, *cuts.tolist()]
+        runs = [(int(units[a]), local[a:b], slice(a, b)) for a, b in zip(starts, [*starts[1:], n])] if n else []
         arrow_fields, dense = [], []
-        for name in cols:
-            f = self.ds.schema.field(name)
-            views = {u: loaded[u].dense(name, f) for u in slots}
-            if any(v is None for v in views.values()):
+        for name, f in zip(cols, self._fields_of(cols)):
+            views = [loaded[u].dense(name, f) for u, _, _ in runs]  # one per run
+            if any(v is None for v in views):
                 arrow_fields.append(name)
             else:
                 dense.append((name, f, views))
         for (name, f, views), values in zip(dense, self._batch_arrays(n, [f for _, f, _ in dense])):
-            for u, a, b in runs:  # one copy, straight into the batch
-                # mode="clip": with the default mode="raise" numpy buffers ``out`` (a second copy,
-                # 3-10x slower); the indices come from the plan and are always in range
-                np.take(views[u], local[a:b], axis=0, out=values[a:b], mode="clip")
+            # one copy, straight into the batch. mode="clip": with the default mode="raise" numpy
+            # buffers ``out`` (a second copy, 3-10x slower); the plan's indices are always in range
+            if len(runs) == 1:
+                views[0].take(runs[0][1], axis=0, out=values, mode="clip")
+            else:
+                for view, (_, idx, where) in zip(views, runs):
+                    view.take(idx, axis=0, out=values[where], mode="clip")
             out[name] = values
         if arrow_fields:
+            order = np.argsort(units, kind="stable")
+            bounds = np.flatnonzero(np.diff(units[order])) + 1
+            slots = {int(units[g[0]]): g for g in np.split(order, bounds)} if n else {}
             cols = storage_columns(self.ds.schema, arrow_fields)
             pieces = []
             position = np.empty(n, dtype=np.int64)
@@ -712,30 +719,52 @@ class PlannedStream:
                 out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
         return {name: out[name] for name in self._output_order(out)}
 
+    def _fields_of(self, cols: list[str]) -> list[Field]:
+        key = tuple(cols)
+        fields = self._field_cache.get(key)
+        if fields is None:
+            fields = self._field_cache[key] = [self.ds.schema.field(c) for c in cols]
+        return fields
+
     def _batch_arrays(self, n: int, fields: list[Field]) -> list[np.ndarray]:
         """Uninitialised ``(n, *shape)`` arrays for ``fields``: large ones recycled from the pool,
         the small ones carved from one fresh block (one allocation a batch, each 64-byte aligned)."""
-        shapes = [(n, *f.shape) for f in fields]
-        sizes = [math.prod(shape) * f.numpy_dtype.itemsize for shape, f in zip(shapes, fields)]
-        small = [i for i, size in enumerate(sizes) if size < SMALL_BYTES]
-        arrays: list[Any] = [None] * len(fields)
-        if len(small) > 1:
+        key = (n, tuple(f.name for f in fields))
+        layout = self._layout_cache.get(key)
+        if layout is None:
+            shapes = [(n, *f.shape) for f in fields]
+            sizes = [math.prod(shape) * f.numpy_dtype.itemsize for shape, f in zip(shapes, fields)]
+            small = [i for i, size in enumerate(sizes) if size < SMALL_BYTES]
+            if len(small) < 2:
+                small = []
             starts, total = [], 0
             for i in small:
                 starts.append(total)
                 total += -(-sizes[i] // ALIGN) * ALIGN
+            carved = [(i, at, at + sizes[i], fields[i].numpy_dtype, shapes[i]) for i, at in zip(small, starts)]
+            pooled = [(i, shapes[i], fields[i].numpy_dtype) for i in range(len(fields)) if i not in set(small)]
+            if len(self._layout_cache) > 64:  # batch sizes vary only at epoch ends: stays tiny
+                self._layout_cache.clear()
+            layout = self._layout_cache[key] = (total, carved, pooled)
+        total, carved, pooled = layout
+        arrays: list[Any] = [None] * len(fields)
+        if carved:
             _, block = aligned_empty((total,), np.dtype(np.uint8))
-            for i, at in zip(small, starts):
-                arrays[i] = block[at:at + sizes[i]].view(fields[i].numpy_dtype).reshape(shapes[i])
-        for i, f in enumerate(fields):
-            if arrays[i] is None:
-                arrays[i] = self._pool.empty(shapes[i], f.numpy_dtype)
+            for i, a, b, dtype, shape in carved:
+                arrays[i] = block[a:b].view(dtype).reshape(shape)
+        for i, shape, dtype in pooled:
+            arrays[i] = self._pool.empty(shape, dtype)
         return arrays
 
     def _output_order(self, out: dict[str, Any]) -> list[str]:
-        order = []
-        for name in self.columns:
-            order += [k for k in (name, name + "__shape") if k in out]
+        key = tuple(out)
+        order = self._order_cache.get(key)
+        if order is None:
+            order = []
+            for name in self.columns:
+                order += [k for k in (name, name + "__shape") if k in out]
+            if len(self._order_cache) < 64:
+                self._order_cache[key] = order
         return order
 
     def _decode(self, table: pa.Table | dict[str, Any] | None, ids: np.ndarray, pad: np.ndarray,

@@ -154,7 +154,9 @@ def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection
     tensors when unpickled in the process receiving the batch)."""
     out: dict[str, Any] = {}
     for name, v in batch.items():
-        if isinstance(v, FileRows):
+        if type(v) is np.ndarray and v.dtype != object and v.flags.writeable and v.flags.c_contiguous:
+            out[name] = torch.from_numpy(v)  # the usual column: nothing to check further
+        elif isinstance(v, FileRows):
             out[name] = _FileTensor(v) if defer_files else _file_tensor(v)
         elif isinstance(v, np.ma.MaskedArray):
             mask = np.ma.getmaskarray(v)
