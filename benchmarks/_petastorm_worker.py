@@ -466,7 +466,13 @@ class SuiteReaders:
                 r = make_reader(url, seed=epoch if shuffle else None, **kw)
                 dl = DataLoader(r, batch_size=BATCH, shuffling_queue_capacity=cap, **collate)
             open_readers.append(r)
-            return consume(dl, keys, id_key, limit=limit)
+            try:
+                return consume(dl, keys, id_key, limit=limit)
+            except RuntimeError as e:  # a limitation of the reader, not a failed run: say so
+                if batch and "expected to be the same length" in str(e):
+                    raise Skip("BatchedDataLoader cannot batch variable-length rows (Petastorm: 'Length of all "
+                               "values in column ... are expected to be the same length')") from None
+                raise
 
         meta = {"before": stop, "close": stop}
         if shuffle:

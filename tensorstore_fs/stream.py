@@ -281,12 +281,14 @@ class PlannedStream:
         Eligible rows (from the filter/predicate).
     pad_variable : bool
         Decode variable-shape fields zero-padded (plus ``<name>__shape``) instead of as lists.
+    flat_variable : bool
+        Decode variable-shape fields as :class:`~tensorstore_fs.ragged.RaggedRows` instead of lists.
     with_row_ids : bool
         Add ``__row_id__``: each row's global index in the dataset version (for audits).
     """
 
     def __init__(self, ds: Dataset, spec: PlanSpec, columns: Sequence[str] | None, selection: Selection,
-                 *, pad_variable: bool = False, with_row_ids: bool = False) -> None:
+                 *, pad_variable: bool = False, with_row_ids: bool = False, flat_variable: bool = False) -> None:
         self.ds = ds
         self.spec = spec
         self.columns = list(columns) if columns is not None else ds.schema.names
@@ -297,6 +299,7 @@ class PlannedStream:
             raise InvalidArgumentError("columns must name at least one field (or be None for all)")
         self.selection = selection
         self.pad_variable = pad_variable
+        self.flat_variable = flat_variable
         self.with_row_ids = with_row_ids
         self._storage_cols = storage_columns(ds.schema, self.columns)
         # file_backed: fixed-shape tensor columns of local shards come as FileRows (see filemap)
@@ -716,7 +719,7 @@ class PlannedStream:
                 start += len(where)
             table = pa.concat_tables(pieces).take(pa.array(position))
             for name in arrow_fields:
-                out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
+                out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable, flat=self.flat_variable))
         return {name: out[name] for name in self._output_order(out)}
 
     def _fields_of(self, cols: list[str]) -> list[Field]:
@@ -778,7 +781,7 @@ class PlannedStream:
                 out.update(decoded)
             for name in cols if table is not None else ():
                 if name not in out:
-                    out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable))
+                    out.update(decode_column(table, self.ds.schema.field(name), pad=self.pad_variable, flat=self.flat_variable))
             if len(out) > 1:
                 out = {k: out[k] for k in self._output_order(out)}
         if self.spec.remainder == "pad":
@@ -841,7 +844,8 @@ def check_num_epochs(num_epochs: Any) -> None:
 def open_stream(ds_or_url: Dataset | str, columns: Sequence[str] | None, filter: Any, predicate: Predicate | None,
                 batch_size: int, *, shuffle: bool, seed: int, remainder: str, drop_last: bool,
                 rank: int | None, world_size: int | None, window_bytes: int, pad_variable: bool,
-                with_row_ids: bool, version: int | None, storage_options: Any) -> tuple["PlannedStream", World]:
+                with_row_ids: bool, version: int | None, storage_options: Any,
+                flat_variable: bool = False) -> tuple["PlannedStream", World]:
     """The stream and world every framework adapter starts from (same arguments, same plan)."""
     ds = ds_or_url if isinstance(ds_or_url, Dataset) else open_dataset(ds_or_url, version, storage_options)
     world = World.detect(rank, world_size)
@@ -850,5 +854,6 @@ def open_stream(ds_or_url: Dataset | str, columns: Sequence[str] | None, filter:
         raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
     spec = PlanSpec(batch_size, shuffle=shuffle, seed=seed, remainder=remainder, drop_last=drop_last,
                     window_rows=window_rows(ds, int(selection.counts.sum()), int(batch_size), window_bytes))
-    stream = PlannedStream(ds, spec, columns, selection, pad_variable=pad_variable, with_row_ids=with_row_ids)
+    stream = PlannedStream(ds, spec, columns, selection, pad_variable=pad_variable, with_row_ids=with_row_ids,
+                           flat_variable=flat_variable)
     return stream, world

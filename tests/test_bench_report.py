@@ -83,3 +83,14 @@ def test_uncut_read_is_listed_where_it_ran_and_hidden_where_skipped(suite):
     table = report.measure_table(R, "tabular", "seq")
     assert report.READ_LABELS["pyarrow-rg"] not in table
     assert report.READ_LABELS["h5py"] in table  # other skipped systems still say why
+
+
+def test_no_verdict_where_a_faster_looking_win_only_comes_from_a_failed_peer(suite):
+    report, _, _ = suite
+    R = _record({"pyarrow": 1.0e6, "tsfs-torch0": 1.3e6, "tfrecord": 0.2e6})
+    R["results"]["tabular"]["seq"]["petastorm-batch"] = {"status": "failed", "reason": "read 0 rows"}
+    (t,) = [t for t in report.evaluate_targets(R) if t["target"].startswith("sequential read into torch")]
+    assert t["ratio"] == pytest.approx(6.5) and t["met"] is None and t["failed"] == ["petastorm-batch"]
+    R["results"]["tabular"]["seq"]["tsfs-torch0"] = _entry(0.1e6)  # behind a peer that ran: a miss all the same
+    (t,) = [t for t in report.evaluate_targets(R) if t["target"].startswith("sequential read into torch")]
+    assert t["met"] is False

@@ -704,3 +704,40 @@ def test_memory_flat_across_epochs(tmp_path):
         rss[epoch] = _rss_mb()
     assert tds.epoch == 6
     assert rss[6] - rss[2] < 50, rss
+
+
+def test_nested_jagged_batches_come_from_flat_values(tmp_path, monkeypatch):
+    # variable="nested": a field whose only variable dimension is the first becomes one jagged
+    # nested tensor built from the batch's flat values and offsets (no tensor per row), in-process
+    # and shuffled alike; a field with null rows stays a list (None where the row is null)
+    n = 300
+    rng = np.random.default_rng(8)
+    toks = [np.arange(int(rng.integers(0, 12)), dtype=np.int32) + i for i in range(n)]
+    opt = [None if i % 9 == 0 else np.full((i % 3, 2), i, np.float32) for i in range(n)]
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("toks", "int32", (None,)),
+                          tsfs.Field("opt", "float32", (None, 2), nullable=True)])
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(n), "toks": toks, "opt": opt}, schema,
+                            row_group_bytes=2000)
+    import tensorstore_fs.readers.torch as reader_module
+
+    built = []
+    real = reader_module._jagged_tensor
+    monkeypatch.setattr(reader_module, "_jagged_tensor", lambda rows: built.append(len(rows)) or real(rows))
+    for shuffle in (False, True):
+        seen = []
+        for b in TorchDataset(ds, batch_size=32, shuffle=shuffle, seed=1, variable="nested"):
+            ids = b["id"].numpy()
+            t = b["toks"]
+            assert t.is_nested and t.layout == torch.jagged and t.size(0) == len(ids)
+            lengths = np.array([len(toks[i]) for i in ids])
+            assert np.array_equal(t.offsets().numpy(), np.concatenate([[0], np.cumsum(lengths)]))
+            assert np.array_equal(t.values().numpy(), np.concatenate([toks[i] for i in ids]))
+            t.values().add_(1)  # private, writable values: the next epoch is untouched
+            assert isinstance(b["opt"], list)
+            for r, i in zip(b["opt"], ids):
+                assert (r is None) == (i % 9 == 0)
+                assert r is None or np.array_equal(r.numpy(), opt[i])
+            seen.extend(ids.tolist())
+        assert sorted(seen) == list(range(n))
+        assert sum(built) == n  # every batch's toks went through the flat path
+        built.clear()

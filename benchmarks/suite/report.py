@@ -223,10 +223,13 @@ def evaluate_targets(R: dict[str, Any]) -> list[dict[str, Any]]:
             tname, te = _best(res, names)
             pname, pe = _best(res, peers(measure))
             r = _speed(te) / _speed(pe) if te and pe else None
+            # a peer that failed in this run could have been faster: no verdict where tsfs leads
+            failed = [p for p in peers(measure) if (res.get(p) or {}).get("status") == "failed"]
+            met = None if r is None or (failed and r >= 1.0) else r >= 1.0
             out.append({"dataset": kind, "measure": measure, "target": title, "tsfs": tname,
                         "tsfs_rows_s": _speed(te) if te else None, "other": pname,
                         "other_rows_s": _speed(pe) if pe else None, "ratio": r,
-                        "met": None if r is None else r >= 1.0, "threshold": 1.0})
+                        "met": met, "threshold": 1.0, "failed": failed})
     return out
 
 
@@ -450,6 +453,8 @@ def markdown(R: dict[str, Any], charts: dict[str, str]) -> str:
     rows = []
     for t in tg:
         met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        if t.get("failed") and t["met"] is None and t["ratio"] is not None:
+            met = f"— ({', '.join(t['failed'])} failed in this run)"
         rows.append([t["dataset"], t["target"], f"{t['tsfs'] or '—'} {_fmt_int(t['tsfs_rows_s'])}",
                      f"{t['other'] or '—'} {_fmt_int(t['other_rows_s'])}", _ratio_txt(t["ratio"]),
                      f">= {t['threshold']}×", met])
@@ -457,7 +462,7 @@ def markdown(R: dict[str, Any], charts: dict[str, str]) -> str:
                            "need", "met?"], rows))
     met = sum(1 for t in tg if t["met"])
     total = sum(1 for t in tg if t["met"] is not None)
-    lines += ["", f"{met} of {total} targets met. 'into torch' compares tsfs's best torch path (num_workers 0 or 2) with "
+    lines += ["", f"{met} of {total} targets met ('—': no verdict). 'into torch' compares tsfs's best torch path (num_workers 0 or 2) with "
               "every peer's best reader of any framework (numpy, tf, torch); writes compare write_dataset with every "
               "peer's writer; filter/projection compare tsfs's best reader with every peer's.", ""]
     # behind

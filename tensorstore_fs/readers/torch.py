@@ -28,6 +28,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..dataset import Dataset
 from ..errors import InvalidArgumentError
 from ..plan import PlanSpec, Segment
+from ..ragged import RaggedRows
 from ..predicates import Predicate
 from .. import _ring
 from ..filemap import FileRows
@@ -44,6 +45,20 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     if not a.flags.writeable:  # memory-mapped, read-only data: torch wants writable memory
         a = a.copy()
     return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _jagged_tensor(rows: RaggedRows) -> torch.Tensor | None:
+    """A ``torch.jagged`` nested tensor of rows whose only variable dimension is the first: one
+    copy of the batch's values (the decoded ones are read-only) and its offsets, no tensor per row.
+    None for rows of empty inner shape (their offsets cannot count rows)."""
+    start, stop = int(rows.offsets[0]), int(rows.offsets[-1])
+    inner = tuple(int(d) for d in rows.shapes[0, 1:])
+    per_row = math.prod(inner)
+    if per_row == 0:
+        return None
+    values = np.array(rows.values[start:stop]).reshape(-1, *inner)
+    offsets = (rows.offsets - start) // per_row
+    return torch.nested.nested_tensor_from_jagged(torch.from_numpy(values), torch.from_numpy(offsets))
 
 
 def _file_tensor(rows: FileRows) -> torch.Tensor:
@@ -154,6 +169,12 @@ def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection
     tensors when unpickled in the process receiving the batch)."""
     out: dict[str, Any] = {}
     for name, v in batch.items():
+        if isinstance(v, RaggedRows):
+            nested = _jagged_tensor(v) if variable == "nested" and name in jagged and v.valid is None and len(v) else None
+            if nested is not None:
+                out[name] = nested
+                continue
+            v = v.to_list()
         if type(v) is np.ndarray and v.dtype != object and v.flags.writeable and v.flags.c_contiguous:
             out[name] = torch.from_numpy(v)  # the usual column: nothing to check further
         elif isinstance(v, FileRows):
@@ -305,7 +326,7 @@ class TorchDataset(IterableDataset):
             ds_or_url, columns, filter, predicate, batch_size, shuffle=shuffle, seed=seed, remainder=remainder,
             drop_last=drop_last, rank=rank, world_size=world_size, window_bytes=window_bytes,
             pad_variable=variable == "pad", with_row_ids=with_row_ids, version=version,
-            storage_options=storage_options)
+            storage_options=storage_options, flat_variable=variable == "nested")
         self.rank, self.world_size = world.rank, world.world_size
         ds = self.stream.ds
         # DataLoader workers send fixed-shape tensors of local shards as file locations
