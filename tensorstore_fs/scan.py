@@ -353,9 +353,10 @@ class Scanner:
         if not self.storage.is_local or not isinstance(source, pa.MemoryMappedFile):
             return None
         fixed = {}
+        arrow = pf.schema_arrow  # built anew on every access: once here
         for name in self.columns:
             f = self.schema.field(name)
-            index = pf.schema_arrow.get_field_index(name)
+            index = arrow.get_field_index(name)
             if f.is_fixed_tensor and not f.nullable and f.dtype != "bool" and index >= 0:
                 fixed[name] = (index, f.row_nbytes, f.numpy_dtype.itemsize)
         if not fixed:
@@ -592,8 +593,9 @@ def read_batches(
     # variable-shape rows count only where the batches are cut here: a caller that slices whole
     # row groups itself (Scanner.__iter__) got its token batches twice as fast from whole row
     # groups, while reads cut here (the loaders' read units) were 5% faster through the batch reader
-    wide = [c for c in columns if c not in first and (cut or pa.types.is_fixed_size_binary(pf.schema_arrow.field(c).type))] \
-        if whole else []
+    arrow = pf.schema_arrow if whole else None  # built anew on every access: once here
+    wide = [c for c in columns if c not in first and (cut or pa.types.is_fixed_size_binary(arrow.field(c).type))] \
+        if arrow is not None else []
     if whole and groups and _row_bytes(pf, groups[0], wide) >= WIDE_ROW_BYTES:
         # wide rows to decode (tensors): the batch reader decodes a batch that spans row groups
         # straight into one buffer; whole row groups would cost a second copy for every such batch
@@ -610,7 +612,7 @@ def read_batches(
             return
         # mapped tensor columns come per row group; the other columns are decoded for runs of
         # row groups at once and sliced (pyarrow's fixed cost per call dominates small columns)
-        schema = pa.schema([pf.schema_arrow.field(c) for c in columns], metadata=pf.schema_arrow.metadata)
+        schema = pa.schema([arrow.field(c) for c in columns], metadata=arrow.metadata)
         rest = [c for c in columns if c not in first]
         i = 0
         for run in _runs_by_bytes(pf, groups, rest or columns, GROUPED_READ_BYTES):

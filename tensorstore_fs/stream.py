@@ -652,7 +652,7 @@ class PlannedStream:
             return {}
         meta = pf.metadata.row_group(rg)
         rows = meta.num_rows
-        index = {pf.schema_arrow.field(i).name: i for i in range(len(pf.schema_arrow))}
+        index = {name: i for i, name in enumerate(pf.schema_arrow.names)}  # schema_arrow is rebuilt per access
         out: dict[str, np.ndarray] = {}
         for name in cols:
             f = self.ds.schema.field(name)
