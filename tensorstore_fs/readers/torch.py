@@ -283,7 +283,8 @@ class TorchDataset(IterableDataset):
         Override detection (``RANK``/``WORLD_SIZE``, then ``torch.distributed``).
     variable : {"pad", "list", "nested"}
         Variable-shape fields as a zero-padded tensor plus ``<name>__shape`` (default), a list of
-        tensors, or a nested tensor.
+        tensors, or a nested tensor (``torch.jagged`` layout, built from the batch's flat values
+        and offsets, where only the first dimension varies and no row is null).
     window_bytes : int
         Bytes of one worker window (its shuffle buffer and its unit of work).
     with_row_ids : bool
