@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -526,7 +527,20 @@ def _column_bytes(pf: pq.ParquetFile, row_group: int, cols: list[str]) -> int:
     """Stored bytes of ``cols`` in one row group (every storage column is a single Parquet leaf)."""
     wanted = set(cols)
     meta = pf.metadata.row_group(row_group)
-    return sum(meta.column(i).total_compressed_size for i, af in enumerate(pf.schema_arrow) if af.name in wanted)
+    return sum(meta.column(i).total_compressed_size for i, name in enumerate(_leaf_names(pf)) if name in wanted)
+
+
+_LEAF_NAMES: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+
+
+def _leaf_names(pf: pq.ParquetFile) -> list[str]:
+    """The storage column owning each Parquet leaf, by leaf index (every storage column is a single
+    leaf). Kept per open file: ``schema_arrow`` is rebuilt on every access, and a leaf's dotted
+    ``path_in_schema`` cannot tell field ``a.b`` from a leaf ``b`` inside field ``a``."""
+    names = _LEAF_NAMES.get(pf)
+    if names is None:
+        names = _LEAF_NAMES[pf] = list(pf.schema_arrow.names)
+    return names
 
 
 def read_batches(
@@ -693,8 +707,7 @@ def _row_bytes(pf: pq.ParquetFile, rg: int, columns: list[str]) -> float:
     if not meta.num_rows:
         return 0.0
     wanted = set(columns)
-    total = sum(meta.column(i).total_uncompressed_size for i in range(meta.num_columns)
-                if meta.column(i).path_in_schema.split(".")[0] in wanted)
+    total = sum(meta.column(i).total_uncompressed_size for i, name in enumerate(_leaf_names(pf)) if name in wanted)
     return total / meta.num_rows
 
 

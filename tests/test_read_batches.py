@@ -199,3 +199,25 @@ def test_batches_cut_from_one_decode_equal_batches_decoded_one_by_one(tmp_path, 
             kept = ids[ids % 7 != 3] if filtered else ids
             rows = np.concatenate([b["id"] for b in cut]) if cut else np.zeros(0, np.int64)
             assert np.array_equal(rows, kept[:len(kept) // bs * bs] if drop_last else kept)
+
+
+def test_bytes_read_count_fields_with_dots_in_their_names(tmp_path):
+    # stats.bytes_read sums the stored bytes of the leaves a scan reads; a field named "a.b" is
+    # one leaf of its own (not a leaf "b" inside a field "a")
+    import tensorstore_fs as tsfs
+
+    n = 2000
+    schema = tsfs.Schema([tsfs.Field("a.b", "int64"), tsfs.Field("img.x", "uint8", (16,)),
+                          tsfs.Field("toks.t", "int32", (None,))])
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"a.b": np.arange(n), "img.x": np.zeros((n, 16), np.uint8),
+                                                   "toks.t": [np.arange(i % 5, dtype=np.int32) for i in range(n)]},
+                            schema)
+    meta = pq.ParquetFile(ds.files[0]).metadata
+    leaf = {meta.row_group(0).column(i).path_in_schema: i for i in range(meta.num_columns)}
+    for cols, leaves in ((["a.b"], ["a.b"]), (["img.x"], ["img.x"]),
+                         (["toks.t"], [p for p in leaf if p.startswith("toks.t") or p.startswith("__shape__toks.t")])):
+        sc = ds.scanner(columns=cols)
+        rows = sum(len(b[cols[0]]) for b in sc)
+        want = sum(meta.row_group(g).column(leaf[p]).total_compressed_size
+                   for g in range(meta.num_row_groups) for p in leaves)
+        assert rows == n and sc.stats.bytes_read == want, cols
