@@ -69,7 +69,7 @@ RESULTS = HERE / "results"
 QUICK_OUT = Path(tempfile.gettempdir()) / "tsfs_suite_quick"
 MEASURES = ("ttfb", "seq", "shuffle", "filter", "project")  # cheap one first: never cut by the budget
 WRITERS = ("sys_tsfs", "sys_pyarrow", "sys_h5py", "sys_tfrecord", "sys_wds", "sys_hf")  # tsfs first: others use it
-READERS = (("sys_pyarrow", "pyarrow"), ("sys_pyarrow", "pyarrow-rg"), ("sys_tsfs", "tsfs-numpy"), ("sys_tsfs", "tsfs-torch0"),
+READERS = (("sys_pyarrow", "pyarrow"), ("sys_pyarrow", "pyarrow-rg"), ("sys_tsfs", "tsfs-numpy"), ("sys_tsfs", "tsfs-torch0"), ("sys_tsfs", "tsfs-torch0-flat"),
            ("sys_tsfs", "tsfs-torch2"), ("sys_tsfs", "tsfs-tf"), ("sys_h5py", "h5py"), ("sys_tfrecord", "tfrecord"),
            ("sys_wds", "wds"), ("sys_wds", "wds-torch2"), ("sys_hf", "hf-numpy"), ("sys_hf", "hf-torch"))
 PETASTORM_READERS = ("petastorm-reader", "petastorm-batch")

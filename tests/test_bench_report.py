@@ -94,3 +94,19 @@ def test_no_verdict_where_a_faster_looking_win_only_comes_from_a_failed_peer(sui
     R["results"]["tabular"]["seq"]["tsfs-torch0"] = _entry(0.1e6)  # behind a peer that ran: a miss all the same
     (t,) = [t for t in report.evaluate_targets(R) if t["target"].startswith("sequential read into torch")]
     assert t["met"] is False
+
+
+def test_flat_torch_batches_are_consumed_as_rows(suite):
+    # the suite's tsfs-torch0-flat reader hands the consumer values + offsets as rows (Ragged):
+    # row counts come from the offsets, and a batch whose offsets disagree with its ids is caught
+    torch = pytest.importorskip("torch")
+    from suite import sys_tsfs
+
+    eat = sys_tsfs._flat_consumer(["tokens"])
+    batch = {"id": torch.arange(3), "tokens": torch.arange(6, dtype=torch.int32),
+             "tokens__offsets": torch.tensor([0, 1, 1, 6]), "tokens__shape": torch.tensor([[1], [0], [5]])}
+    out = eat([batch], {"id": "id", "tokens": "tokens"})
+    assert out.rows == 3 and out.batches == 1
+    bad = dict(batch, **{"tokens__offsets": torch.tensor([0, 6])})
+    with pytest.raises(AssertionError, match="tokens"):
+        eat([bad], {"id": "id", "tokens": "tokens"})

@@ -741,3 +741,39 @@ def test_nested_jagged_batches_come_from_flat_values(tmp_path, monkeypatch):
         assert sorted(seen) == list(range(n))
         assert sum(built) == n  # every batch's toks went through the flat path
         built.clear()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_flat_variable_batches(tmp_path, num_workers):
+    # variable="flat": values back to back plus offsets from 0 (cu_seqlens), per-row shapes and,
+    # for a nullable field, __valid; in-process and through 2 forked workers, shuffled
+    n = 400
+    rng = np.random.default_rng(4)
+    toks = [np.arange(int(rng.integers(0, 20)), dtype=np.int32) + 1000 * i for i in range(n)]
+    opt = [None if i % 6 == 0 else np.full((i % 4, 2), i, np.float32) for i in range(n)]
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("toks", "int32", (None,)),
+                          tsfs.Field("opt", "float32", (None, 2), nullable=True)])
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(n), "toks": toks, "opt": opt}, schema,
+                            row_group_bytes=3000)
+    tds = TorchDataset(str(tmp_path / "ds"), batch_size=48, shuffle=True, seed=3, variable="flat")
+    loader = make_loader(tds, num_workers, "fork" if num_workers else None)
+    seen = []
+    for b in loader:
+        ids = b["id"].numpy()
+        assert set(b) == {"id", "toks", "toks__offsets", "toks__shape", "opt", "opt__offsets", "opt__shape",
+                          "opt__valid"}
+        offs = b["toks__offsets"].numpy()
+        assert offs[0] == 0 and len(offs) == len(ids) + 1 and b["toks"].dtype == torch.int32
+        for j, i in enumerate(ids):
+            assert np.array_equal(b["toks"].numpy()[offs[j]:offs[j + 1]], toks[i])
+            assert tuple(b["toks__shape"][j].tolist()) == toks[i].shape
+        valid = b["opt__valid"].numpy()
+        assert np.array_equal(valid, ids % 6 != 0)
+        o = b["opt__offsets"].numpy()
+        for j, i in enumerate(ids):
+            shape = tuple(b["opt__shape"][j].tolist())
+            got = b["opt"].numpy()[o[j]:o[j + 1]].reshape(shape)
+            assert np.array_equal(got, opt[i]) if opt[i] is not None else (got.size == 0 and shape == (0, 0))
+        b["toks"].add_(1)  # writable, private
+        seen.extend(ids.tolist())
+    assert sorted(seen) == list(range(n))

@@ -25,7 +25,7 @@ MEASURE_TITLES = {
     "ttfb": "time to first batch on a 1000-shard copy (open + first batch)",
 }
 FORMATS = ("tsfs", "pyarrow", "h5py", "tfrecord", "wds", "hf", "petastorm")
-READERS = ("pyarrow", "pyarrow-rg", "tsfs-numpy", "tsfs-torch0", "tsfs-torch2", "tsfs-tf", "h5py", "tfrecord", "wds", "wds-torch2",
+READERS = ("pyarrow", "pyarrow-rg", "tsfs-numpy", "tsfs-torch0", "tsfs-torch0-flat", "tsfs-torch2", "tsfs-tf", "h5py", "tfrecord", "wds", "wds-torch2",
            "hf-numpy", "hf-torch", "petastorm-reader", "petastorm-batch")
 WRITE_LABELS = {
     "tsfs": "tsfs write_dataset (2048-row batches)",
@@ -41,6 +41,7 @@ READ_LABELS = {
     "pyarrow-rg": "raw pyarrow, one batch per whole row group (not cut; not a reference)",
     "tsfs-numpy": "tsfs Dataset.to_batches (numpy; variable rows flat_variable=True)",
     "tsfs-torch0": "tsfs TorchDataset + DataLoader(num_workers=0)",
+    "tsfs-torch0-flat": "tsfs TorchDataset(variable='flat') + DataLoader(num_workers=0): values + offsets",
     "tsfs-torch2": "tsfs TorchDataset + DataLoader(num_workers=2)",
     "tsfs-tf": "tsfs make_tf_dataset (tf.data)",
     "h5py": "h5py batch slices",
@@ -52,10 +53,11 @@ READ_LABELS = {
     "petastorm-reader": "Petastorm make_reader + pytorch.DataLoader",
     "petastorm-batch": "Petastorm make_batch_reader + BatchedDataLoader",
 }
-TSFS_TORCH = ("tsfs-torch0", "tsfs-torch2")
-TSFS_READERS = ("tsfs-numpy", "tsfs-torch0", "tsfs-torch2", "tsfs-tf")
+TSFS_TORCH = ("tsfs-torch0", "tsfs-torch0-flat", "tsfs-torch2")
+TSFS_READERS = ("tsfs-numpy", "tsfs-torch0", "tsfs-torch0-flat", "tsfs-torch2", "tsfs-tf")
+SHOWN_WHERE_RUN = ("pyarrow-rg", "tsfs-torch0-flat")  # rows left out of a table where they were skipped
 COLORS = {
-    "pyarrow": "#444444", "pyarrow-rg": "#969696", "tsfs": "#08519c", "tsfs-numpy": "#08519c", "tsfs-torch0": "#3182bd",
+    "pyarrow": "#444444", "pyarrow-rg": "#969696", "tsfs": "#08519c", "tsfs-numpy": "#08519c", "tsfs-torch0": "#3182bd", "tsfs-torch0-flat": "#4292c6",
     "tsfs-torch2": "#6baed6", "tsfs-tf": "#9ecae1", "h5py": "#e6550d", "tfrecord": "#fd8d3c", "wds": "#31a354",
     "wds-torch2": "#74c476", "hf": "#756bb1", "hf-numpy": "#756bb1", "hf-torch": "#9e9ac8", "petastorm": "#de2d26",
     "petastorm-reader": "#de2d26", "petastorm-batch": "#fc9272",
@@ -158,7 +160,7 @@ def measure_table(R: dict[str, Any], kind: str, measure: str) -> str:
         if e is None:
             continue
         name = label(measure, sysname)
-        if sysname == "pyarrow-rg" and e.get("status") == "skipped":  # shown where it ran only
+        if sysname in SHOWN_WHERE_RUN and e.get("status") == "skipped":
             continue
         if not ok(e):
             why = str(e.get("reason", e.get("status", "?")))

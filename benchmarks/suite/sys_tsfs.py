@@ -17,6 +17,7 @@ READERS = {
     "tsfs-numpy": "tsfs Dataset.to_batches (numpy; variable rows flat_variable=True)",
     "tsfs-torch0": "tsfs TorchDataset + DataLoader(num_workers=0)",
     "tsfs-torch2": "tsfs TorchDataset + DataLoader(num_workers=2, persistent)",
+    "tsfs-torch0-flat": "tsfs TorchDataset(variable='flat') + DataLoader(num_workers=0)",
     "tsfs-tf": "tsfs make_tf_dataset (tf.data)",
 }
 
@@ -115,12 +116,20 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
         meta["after"] = stats
         return run, meta
 
-    if name in ("tsfs-torch0", "tsfs-torch2"):
+    if name == "tsfs-torch0-flat":
+        variable = [c.name for c in s.cols if c.is_variable]
+        if not variable:
+            raise Skip("no variable-shape field: the same reader as tsfs-torch0")
+        if measure == "project":
+            raise Skip("label has a fixed shape: the same reader as tsfs-torch0")
+        kw["variable"] = "flat"
+    if name in ("tsfs-torch0", "tsfs-torch2", "tsfs-torch0-flat"):
         import torch
 
         torch.set_num_threads(1)
         nw = 2 if name == "tsfs-torch2" else 0
         shuffle = measure == "shuffle"
+        eat = _flat_consumer(variable) if kw.get("variable") == "flat" else consume
         if measure in ("ttfb", "filter"):
             # from scratch every pass (the filter too: evaluating it is part of the cost, as for every
             # other system); the previous pass's workers are stopped untimed before the next pass
@@ -133,13 +142,13 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
             def run(epoch: int) -> PassOut:
                 _, dl = _loader(url, nw, num_epochs=1, **kw)
                 keep.append(dl)
-                return consume(dl, keys, id_key, limit=limit)
+                return eat(dl, keys, id_key, limit=limit)
             return run, {"before": drop, "close": drop}
         tds, dl = _loader(url, nw, shuffle=shuffle, num_epochs=1, **kw)
         meta = {"window_rows": tds.spec.window_rows} if shuffle else {}
 
         def run(epoch: int) -> PassOut:
-            return consume(dl, keys, id_key)
+            return eat(dl, keys, id_key)
 
         meta["close"] = lambda: _shutdown(dl)
         return run, meta
@@ -159,6 +168,25 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
         return run, {}
 
     raise ValueError(name)
+
+
+def _flat_consumer(variable: list[str]):
+    """``consume`` over batches whose variable-shape fields are flat values plus ``__offsets``:
+    each field is handed to it as rows over those values (``Ragged``), the consumer's view of a
+    ragged batch, so its per-row checks read the rows themselves."""
+    from suite.data import Ragged
+    from suite.harness import consume as plain
+
+    def as_rows(batches):
+        for b in batches:
+            b = dict(b)
+            for name in variable:
+                b[name] = Ragged(b[name], b.pop(name + "__offsets").numpy())
+            yield b
+
+    def run(batches, keys, id_key="id", limit=None):
+        return plain(as_rows(batches), keys, id_key, limit=limit)
+    return run
 
 
 def _shutdown(dl: Any) -> None:

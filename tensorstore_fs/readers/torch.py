@@ -38,7 +38,7 @@ __all__ = ["TorchDataset", "to_torch"]
 
 logger = logging.getLogger(__name__)
 
-VARIABLE_MODES = ("pad", "list", "nested")
+VARIABLE_MODES = ("pad", "list", "nested", "flat")
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -59,6 +59,19 @@ def _jagged_tensor(rows: RaggedRows) -> torch.Tensor | None:
     values = np.array(rows.values[start:stop]).reshape(-1, *inner)
     offsets = (rows.offsets - start) // per_row
     return torch.nested.nested_tensor_from_jagged(torch.from_numpy(values), torch.from_numpy(offsets))
+
+
+def _flat_tensors(name: str, rows: RaggedRows) -> dict[str, torch.Tensor]:
+    """``variable="flat"``: the batch's values back to back (1-D, row-major within each row),
+    ``<name>__offsets`` (n + 1 int64 value offsets from 0: FlashAttention's ``cu_seqlens`` once
+    cast to int32), ``<name>__shape`` (n, ndim) and, for a nullable field, ``<name>__valid``."""
+    start, stop = int(rows.offsets[0]), int(rows.offsets[-1])
+    out = {name: torch.from_numpy(np.array(rows.values[start:stop])),
+           name + "__offsets": torch.from_numpy(rows.offsets - start),
+           name + "__shape": torch.from_numpy(np.ascontiguousarray(rows.shapes, dtype=np.int64))}
+    if rows.valid is not None:
+        out[name + "__valid"] = torch.from_numpy(rows.valid.copy())
+    return out
 
 
 def _file_tensor(rows: FileRows) -> torch.Tensor:
@@ -164,11 +177,15 @@ def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection
     """Convert a decoded numpy batch to torch: arrays -> tensors (zero-copy where writable),
     masked arrays -> values plus ``<name>__valid``, strings/bytes -> lists, variable-shape lists
     -> lists of tensors or a nested tensor (``torch.jagged`` layout for the fields named in
-    ``jagged``, whose only variable dimension is the first; the strided prototype layout otherwise),
+    ``jagged``, whose only variable dimension is the first; the strided prototype layout otherwise)
+    or, for ``variable="flat"``, values plus ``__offsets`` and ``__shape`` tensors,
     file-located rows -> tensors mapped from the file (``defer_files``: stand-ins that become those
     tensors when unpickled in the process receiving the batch)."""
     out: dict[str, Any] = {}
     for name, v in batch.items():
+        if isinstance(v, RaggedRows) and variable == "flat":
+            out.update(_flat_tensors(name, v))
+            continue
         if isinstance(v, RaggedRows):
             nested = _jagged_tensor(v) if variable == "nested" and name in jagged and v.valid is None and len(v) else None
             if nested is not None:
@@ -281,10 +298,13 @@ class TorchDataset(IterableDataset):
         Drop a rank's final short batch.
     rank, world_size : int, optional
         Override detection (``RANK``/``WORLD_SIZE``, then ``torch.distributed``).
-    variable : {"pad", "list", "nested"}
+    variable : {"pad", "list", "nested", "flat"}
         Variable-shape fields as a zero-padded tensor plus ``<name>__shape`` (default), a list of
-        tensors, or a nested tensor (``torch.jagged`` layout, built from the batch's flat values
-        and offsets, where only the first dimension varies and no row is null).
+        tensors, a nested tensor (``torch.jagged`` layout, built from the batch's flat values
+        and offsets, where only the first dimension varies and no row is null), or ``"flat"``:
+        the rows' values back to back in one 1-D tensor plus ``<name>__offsets`` (n + 1, from 0;
+        ``cu_seqlens`` for variable-length attention) and ``<name>__shape`` (and
+        ``<name>__valid`` for a nullable field): no padding and no tensor per row.
     window_bytes : int
         Bytes of one worker window (its shuffle buffer and its unit of work).
     with_row_ids : bool
@@ -327,7 +347,7 @@ class TorchDataset(IterableDataset):
             ds_or_url, columns, filter, predicate, batch_size, shuffle=shuffle, seed=seed, remainder=remainder,
             drop_last=drop_last, rank=rank, world_size=world_size, window_bytes=window_bytes,
             pad_variable=variable == "pad", with_row_ids=with_row_ids, version=version,
-            storage_options=storage_options, flat_variable=variable == "nested")
+            storage_options=storage_options, flat_variable=variable in ("nested", "flat"))
         self.rank, self.world_size = world.rank, world.world_size
         ds = self.stream.ds
         # DataLoader workers send fixed-shape tensors of local shards as file locations
