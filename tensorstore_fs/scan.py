@@ -170,8 +170,9 @@ class Scanner:
 
     Build it with :meth:`tensorstore_fs.Dataset.scanner`; iterate it for dicts of numpy arrays.
     ``stats`` reports what the scan touched. Variable-shape fields: lists of arrays, or padded
-    (``pad_variable``), or :class:`~tensorstore_fs.ragged.RaggedRows` (``flat_variable``). ``rows_hint``: the caller will consume at most that
-    many rows (it changes how pages are decoded, never which rows come).
+    (``pad_variable``), or :class:`~tensorstore_fs.ragged.RaggedRows` (``flat_variable``).
+    ``rows_hint``: the caller will consume at most that many rows (it changes how pages are
+    decoded, never which rows come).
     """
 
     def __init__(
