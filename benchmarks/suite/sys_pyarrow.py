@@ -26,7 +26,7 @@ from suite.harness import PassOut, Skip, consume
 
 FORMAT = "pyarrow"
 READERS = {"pyarrow": "raw pyarrow: ParquetFile(mmap) + np.frombuffer, cut into 256-row views (reference)",
-           "pyarrow-rg": "raw pyarrow as the reference, one batch per whole row group (no cutting)"}
+           "pyarrow-rg": "raw pyarrow read like the reference, one batch per whole row group (not cut; not divided by)"}
 
 
 def arrow_table(s: Spec, src: dict[str, Any]):
