@@ -465,7 +465,8 @@ def markdown(R: dict[str, Any], charts: dict[str, str]) -> str:
                            "need", "met?"], rows))
     met = sum(1 for t in tg if t["met"])
     total = sum(1 for t in tg if t["met"] is not None)
-    lines += ["", f"{met} of {total} targets met ('—': no verdict). 'into torch' compares tsfs's best torch path (num_workers 0 or 2) with "
+    lines += ["", f"{met} of {total} targets met ('—': no verdict). 'into torch' compares tsfs's best torch path "
+              "(num_workers 0 or 2; variable='flat' for ragged rows) with "
               "every peer's best reader of any framework (numpy, tf, torch); writes compare write_dataset with every "
               "peer's writer; filter/projection compare tsfs's best reader with every peer's.", ""]
     # behind
