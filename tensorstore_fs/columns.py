@@ -31,6 +31,7 @@ class Column:
     values: Any
     valid: np.ndarray | None
     length: int
+    shapes: np.ndarray | None = None  # variable shapes: (n, ndim) row shapes, when already known
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +355,8 @@ def _normalize_variable(f: Field, raw: Any, valid: np.ndarray | None, n: int) ->
         arr = _cast_numeric(arr, f)
         out = [arr[i] for i in range(n)]
     elif (fast := _same_dtype_rows(f, raw, valid)) is not None:
-        out = fast
+        out, dims = fast
+        return Column(f, out, None, n, dims)
     else:
         for i, v in enumerate(raw):
             if v is None or (valid is not None and not valid[i]):
@@ -371,25 +373,25 @@ def _normalize_variable(f: Field, raw: Any, valid: np.ndarray | None, n: int) ->
     return Column(f, out, None if mask.all() else mask, n)
 
 
-def _same_dtype_rows(f: Field, raw: Any, valid: np.ndarray | None) -> list[np.ndarray] | None:
-    """The rows as they are when every one is a numpy array of the field's dtype and rank (the
-    usual batch of token sequences): their shapes are checked in one numpy pass instead of row by
-    row. None where that does not hold (the row-by-row path then converts, casts or names the bad row)."""
+def _same_dtype_rows(f: Field, raw: Any, valid: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray] | None:
+    """The rows as they are, and their ``(n, ndim)`` shapes, when every one is a numpy array of
+    the field's dtype and rank (the usual batch of token sequences): the shapes are checked in one
+    numpy pass instead of row by row. None where that does not hold (the row-by-row path then
+    converts, casts or names the bad row)."""
     if valid is not None or not isinstance(raw, (list, tuple, np.ndarray)) or not len(raw):
         return None
     rows = list(raw)
-    if any(type(v) is not np.ndarray for v in rows) or {v.dtype for v in rows} != {f.numpy_dtype}:
-        return None
     ndim = len(f.shape)
-    shapes = [v.shape for v in rows]
-    if any(len(s) != ndim for s in shapes):
+    kinds = {(v.dtype, v.ndim) if type(v) is np.ndarray else None for v in rows}  # one pass
+    if kinds != {(f.numpy_dtype, ndim)}:
         return None
+    shapes = [v.shape for v in rows]
     dims = np.array(shapes, dtype=np.int64).reshape(len(rows), ndim)
     for k, d in enumerate(f.shape):
         if d is not None and (dims[:, k] != d).any():
             i = int(np.flatnonzero(dims[:, k] != d)[0])
             _check_fixed_dims(shapes[i], f, i)
-    return rows
+    return rows, dims
 
 
 def _python_scalars(raw: Sequence[Any], f: Field) -> np.ndarray:

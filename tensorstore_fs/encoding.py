@@ -116,13 +116,16 @@ def _encode_variable(col: Column) -> tuple[pa.Array, pa.Array]:
     f = col.field
     ndim = len(f.shape)
     n = col.length
-    live = [a for a in col.values if a is not None]  # null rows are None (their valid bit is 0)
-    shapes = np.zeros((n, ndim), dtype=np.int32)
-    dims = np.array([a.shape for a in live], dtype=np.int32).reshape(len(live), ndim)
-    if col.valid is None:
-        shapes[:] = dims
+    live = [a for a in col.values if a is not None] if col.valid is not None else col.values  # null rows are None
+    if col.shapes is not None:  # checked while normalizing
+        shapes = col.shapes.astype(np.int32)
     else:
-        shapes[col.valid] = dims
+        shapes = np.zeros((n, ndim), dtype=np.int32)
+        dims = np.array([a.shape for a in live], dtype=np.int32).reshape(len(live), ndim)
+        if col.valid is None:
+            shapes[:] = dims
+        else:
+            shapes[col.valid] = dims
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.prod(shapes, axis=1, dtype=np.int64) * f.numpy_dtype.itemsize, out=offsets[1:])
     dt = f.numpy_dtype.newbyteorder("<")

@@ -921,3 +921,18 @@ def test_variable_rows_given_as_arrays_of_the_field_dtype(tmp_path):
     with pytest.raises(tsfs.SchemaError, match="at row 321"):
         tsfs.write_dataset(str(tmp_path / "bad2"), {"toks": toks, "boxes": bad}, schema)
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("*.parquet"))
+
+
+def test_variable_rows_mixing_arrays_and_other_values_take_the_row_by_row_path(tmp_path):
+    """The one-pass check of numpy rows must step aside for anything else: None rows (nullable),
+    Python lists, another dtype (cast), another rank (named error)."""
+    schema = tsfs.Schema([tsfs.Field("t", "int32", (None,), nullable=True)])
+    rows = [np.arange(3, dtype=np.int32), None, [7, 8], np.arange(2, dtype=np.int64), np.zeros(0, np.int32)]
+    ds = tsfs.write_dataset(str(tmp_path / "mixed"), {"t": rows}, schema)
+    got = next(iter(ds.to_batches()))["t"]
+    assert got[1] is None
+    for g, w in zip([got[0], got[2], got[3], got[4]], [[0, 1, 2], [7, 8], [0, 1], []]):
+        assert g.dtype == np.int32 and np.array_equal(g, w)
+    with pytest.raises(tsfs.SchemaError, match="row 1"):
+        tsfs.write_dataset(str(tmp_path / "rank"), {"t": [np.arange(3, dtype=np.int32), np.zeros((2, 2), np.int32)]},
+                           schema)
