@@ -264,12 +264,6 @@ class DatasetWriter:
         tensor_cols = [c for c in self._arrow_schema.names if c not in self._scalar_cols]
         compression: dict[str, str] = {c: self.scalar_compression for c in self._scalar_cols}
         compression.update({c: (self.compression or "none") for c in tensor_cols})
-        # one data page per column chunk where the schema has fixed-shape tensors: such a chunk
-        # is then one run of raw bytes that readers map or gather without decoding
-        # (tensorstore_fs.pages); capped below Parquet's 2 GiB page limit. Without them pyarrow's
-        # default pages: one page per chunk bought nothing and made token-row writes 30% slower
-        pages = {"data_page_size": min(max(2 * self.row_group_bytes, 1 << 20), 1 << 30)} \
-            if any(f.is_fixed_tensor for f in self.schema.fields) else {}
         self._pq = pq.ParquetWriter(
             self._file.stream,
             self._arrow_schema,
@@ -277,7 +271,10 @@ class DatasetWriter:
             use_dictionary=self._scalar_cols or False,
             write_statistics=self._stat_cols or False,
             store_schema=True,
-            **pages,
+            # one data page per column chunk: a fixed-shape tensor chunk is then one run of raw
+            # bytes that readers map or gather without decoding (tensorstore_fs.pages); capped
+            # below Parquet's 2 GiB page limit
+            data_page_size=min(max(2 * self.row_group_bytes, 1 << 20), 1 << 30),
         )
         self._cur_groups = []
 

@@ -99,37 +99,3 @@ def test_garbage_headers_never_crash(blob):
         total_compressed_size = len(blob) + 10
 
     assert plain_values_offset(lambda size, off: blob[off:off + size], Col(), 2, 5) is None
-
-
-def _first_page_values(path, column_name):
-    pf = pq.ParquetFile(path)
-    meta = pf.metadata.row_group(0)
-    index = pf.schema_arrow.get_field_index(column_name)
-    col = meta.column(index)
-    with open(path, "rb") as fh:
-        fh.seek(int(col.data_page_offset))
-        header, _ = _page_header(fh.read(256))
-    return header["num_values"], meta.num_rows
-
-
-def test_one_page_per_chunk_only_where_the_schema_has_fixed_tensors(tmp_path):
-    # fixed-shape tensors need one page per chunk (mapped reads); without them the writer keeps
-    # pyarrow's default pages, which wrote token rows 30% faster: a 3 MiB token chunk then spans
-    # several pages, and reads back exactly
-    n = 3000
-    toks = [np.arange(256, dtype=np.int32) + i for i in range(n)]
-    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("toks", "int32", (None,))])
-    ds = tsfs.write_dataset(str(tmp_path / "tok"), {"id": np.arange(n), "toks": toks}, schema,
-                            row_group_bytes=8 << 20)
-    values, rows = _first_page_values(ds.files[0], "toks")
-    assert rows == n and values < rows
-    got = [r for b in ds.to_batches(batch_size=500) for r in b["toks"]]
-    assert all(np.array_equal(a, b) for a, b in zip(got, toks)) and len(got) == n
-
-    fixed = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("img", "uint8", (3, 32, 32)),
-                         tsfs.Field("toks", "int32", (None,))])
-    ds = tsfs.write_dataset(str(tmp_path / "img"), {"id": np.arange(n), "img": np.zeros((n, 3, 32, 32), np.uint8),
-                                                    "toks": toks}, fixed, row_group_bytes=8 << 20)
-    for name in ("img", "toks"):
-        values, rows = _first_page_values(ds.files[0], name)
-        assert values == rows, name
