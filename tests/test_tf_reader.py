@@ -312,3 +312,21 @@ def test_resume_twice_in_one_epoch_continues_exactly(url):
     reader = TFReader(url, **kw)
     reader.load_state_dict(state)
     assert_same_batches(got + tf_ids(reader.dataset()), full)
+
+
+def test_columns_tensorflow_cannot_use_in_place_are_copied_once_into_aligned_memory():
+    # TensorFlow kernels abort on buffers that are not 64-byte aligned: such columns (and
+    # read-only or strided ones) cross as one aligned copy, others zero-copy through DLPack
+    from tensorstore_fs.readers.tf import ALIGN, _to_tensor
+
+    raw = np.arange(4 * 100 + 64, dtype=np.uint8)
+    base = raw[-raw.ctypes.data % ALIGN + 4:][:400]  # 4 bytes past an aligned address
+    odd = base.view(np.float32).reshape(10, 10)
+    assert odd.ctypes.data % ALIGN != 0
+    readonly = np.arange(12, dtype=np.int64)
+    readonly.flags.writeable = False
+    strided = np.arange(40, dtype=np.int32).reshape(10, 4)[:, ::2]
+    for a, dt in ((odd, tf.float32), (readonly, tf.int64), (strided, tf.int32)):
+        t = _to_tensor(a, dt)
+        assert t.dtype == dt and tuple(t.shape) == a.shape
+        np.testing.assert_array_equal(t.numpy(), a)

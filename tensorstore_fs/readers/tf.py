@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from .._pool import ALIGN, aligned_empty
 from ..dataset import Dataset
 from ..errors import InvalidArgumentError
 from ..plan import PlanSpec
@@ -394,18 +395,14 @@ class TFReader:
             self._epoch, self._history, self._passes = parsed.epoch, parsed.history, [0] * self.num_workers
 
 
-ALIGN = 64  # TensorFlow kernels require EIGEN_MAX_ALIGN_BYTES-aligned buffers (they abort otherwise)
-
-
 def _to_tensor(a: np.ndarray, dtype: tf.DType) -> tf.Tensor:
     """A numpy batch column as a tensor: zero-copy through DLPack when TensorFlow may use the
-    memory as it is, else one copy into an aligned buffer (strings: ``tf.constant``)."""
+    memory as it is (``ALIGN``-byte aligned: TensorFlow kernels abort on less), else one copy into
+    an aligned buffer (strings: ``tf.constant``)."""
     if a.dtype == object or a.size == 0:
         return tf.constant(a.tolist() if a.dtype == object else a, dtype=dtype, shape=a.shape)
     if not (a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % ALIGN == 0):
-        buf = np.empty(a.nbytes + ALIGN, np.uint8)
-        start = -buf.ctypes.data % ALIGN
-        out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+        _, out = aligned_empty(a.shape, a.dtype)
         np.copyto(out, a)
         a = out
     return tf.experimental.dlpack.from_dlpack(a.__dlpack__())

@@ -47,27 +47,33 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def _jagged_tensor(rows: RaggedRows) -> torch.Tensor | None:
-    """A ``torch.jagged`` nested tensor of rows whose only variable dimension is the first: one
-    copy of the batch's values (the decoded ones are read-only) and its offsets, no tensor per row.
-    None for rows of empty inner shape (their offsets cannot count rows)."""
+def _batch_values(rows: RaggedRows) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's own values (one copy: the decoded ones are read-only views of a whole read)
+    and its value offsets counted from 0."""
     start, stop = int(rows.offsets[0]), int(rows.offsets[-1])
+    return np.array(rows.values[start:stop]), rows.offsets - start
+
+
+def _jagged_tensor(rows: RaggedRows) -> torch.Tensor | None:
+    """A ``torch.jagged`` nested tensor of rows whose only variable dimension is the first, built
+    from the batch's flat values and offsets (no tensor per row). None for rows of empty inner
+    shape (their offsets cannot count rows)."""
     inner = tuple(int(d) for d in rows.shapes[0, 1:])
     per_row = math.prod(inner)
     if per_row == 0:
         return None
-    values = np.array(rows.values[start:stop]).reshape(-1, *inner)
-    offsets = (rows.offsets - start) // per_row
-    return torch.nested.nested_tensor_from_jagged(torch.from_numpy(values), torch.from_numpy(offsets))
+    values, offsets = _batch_values(rows)
+    return torch.nested.nested_tensor_from_jagged(torch.from_numpy(values.reshape(-1, *inner)),
+                                                  torch.from_numpy(offsets // per_row))
 
 
 def _flat_tensors(name: str, rows: RaggedRows) -> dict[str, torch.Tensor]:
     """``variable="flat"``: the batch's values back to back (1-D, row-major within each row),
     ``<name>__offsets`` (n + 1 int64 value offsets from 0: FlashAttention's ``cu_seqlens`` once
     cast to int32), ``<name>__shape`` (n, ndim) and, for a nullable field, ``<name>__valid``."""
-    start, stop = int(rows.offsets[0]), int(rows.offsets[-1])
-    out = {name: torch.from_numpy(np.array(rows.values[start:stop])),
-           name + "__offsets": torch.from_numpy(rows.offsets - start),
+    values, offsets = _batch_values(rows)
+    out = {name: torch.from_numpy(values),
+           name + "__offsets": torch.from_numpy(offsets),
            name + "__shape": torch.from_numpy(np.ascontiguousarray(rows.shapes, dtype=np.int64))}
     if rows.valid is not None:
         out[name + "__valid"] = torch.from_numpy(rows.valid.copy())
