@@ -161,3 +161,16 @@ def md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(c) + " |" for c in rows]
     return "\n".join(lines)
+
+
+def describe_row_groups(rows: list[int]) -> str:
+    """"39 row groups of 512 rows (the last 544)": the writer's size and the write's remainder."""
+    if not rows:
+        return "no row groups"
+    text = f"{len(rows)} row group{'s' if len(rows) != 1 else ''} of {rows[0]:,} rows"
+    others = sorted(set(rows[1:-1]) - {rows[0]})
+    if others:
+        text += f" (also {', '.join(f'{r:,}' for r in others)})"
+    if len(rows) > 1 and rows[-1] != rows[0]:
+        text += f" (the last {rows[-1]:,})"
+    return text

@@ -53,8 +53,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (ROW_NBYTES, TENSORS, WRITE_BATCH_ROWS, arrow_table_to_numpy, hwm_reset_ok, make_data,
-                     md_table, status_kib, tsfs_schema)
+from _common import (ROW_NBYTES, TENSORS, WRITE_BATCH_ROWS, arrow_table_to_numpy, describe_row_groups, hwm_reset_ok,
+                     make_data, md_table, status_kib, tsfs_schema)
 
 log = logging.getLogger("bench_core")
 
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         f"- rows {args.rows:,}; payload {ROW_NBYTES:,} B/row = {args.rows * ROW_NBYTES / 1e6:,.1f} MB "
         f"(GB = 1e9 B of numpy payload); tsfs dataset on disk {wt['nbytes']:,} B in {len(wt['files'])} shard file(s), "
-        f"{len(wt['rg_rows'])} row groups of {max(wt['rg_rows']):,} rows "
+        f"{describe_row_groups(wt['rg_rows'])} "
         f"(row_group_bytes={'library default' if args.row_group_bytes is None else f'{args.row_group_bytes:,}'}); "
         f"reference file uses the same row-group size in rows.",
         f"- median of {args.repeat} timed runs after {args.warmup} warm-up run(s), each (measure, system) in a fresh spawned "

@@ -63,7 +63,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (EMB_DIM, IMAGE_SHAPE, ROW_NBYTES, WRITE_BATCH_ROWS, arrow_table_to_numpy, children,
+from _common import (EMB_DIM, IMAGE_SHAPE, ROW_NBYTES, WRITE_BATCH_ROWS, arrow_table_to_numpy, children, describe_row_groups,
                      hwm_reset_ok, make_data, md_table, spearman, status_kib, tsfs_schema)
 
 log = logging.getLogger("bench_loader")
@@ -702,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         f"- rows {args.rows:,}; payload {ROW_NBYTES:,} B/row = {args.rows * ROW_NBYTES / 1e6:,.1f} MB per epoch "
         f"(GB/s = 1e9 B of decoded payload per second); tsfs dataset {w['nbytes']:,} B in {len(w['files'])} shard "
-        f"file(s), {len(w['rg_rows'])} row groups of {max(w['rg_rows']):,} rows (library default row-group/shard sizes"
+        f"file(s), {describe_row_groups(w['rg_rows'])} (library default row-group/shard sizes"
         f"{'' if args.row_group_bytes is None and args.shard_bytes is None else ' overridden'}); working dir on "
         f"{'tmpfs' if str(out).startswith('/dev/shm') else out} (page-cache-hot reads).",
         f"- batch_size {BATCH}; tsfs loaders: `DataLoader(TorchDataset(url, batch_size={BATCH}, shuffle=..., seed=0), "

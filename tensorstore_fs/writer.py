@@ -33,7 +33,18 @@ DEFAULT_ROW_GROUP_BYTES = 8 * 2**20
 DEFAULT_SHARD_BYTES = 256 * 2**20
 MAX_ROW_GROUP_ROWS = 1 << 20  # pyarrow's own cap; never let it split our row groups behind our back
 SHARD_ROW_ALIGNMENT = 4096  # shards of one write hold a multiple of this many rows (when affordable)
+# row groups (but a write's last) hold a multiple of this many rows, or of the largest power of two
+# not above their byte-sized row count: batches of a power-of-two size up to it then never straddle
+# two row groups, and readers hand a sequential batch's tensors out as views of one row group
+ROW_GROUP_ROW_ALIGNMENT = 256
 _COMMIT_RETRIES = 20
+
+
+def _aligned_rows(rows: int) -> int:
+    """``rows`` rounded down to a multiple of ``ROW_GROUP_ROW_ALIGNMENT`` or, below that, to the
+    largest power of two not above it (so never less than half of ``rows``)."""
+    step = min(ROW_GROUP_ROW_ALIGNMENT, 1 << (rows.bit_length() - 1))
+    return rows - rows % step
 
 
 def _numeric_bounds(col: pa.ChunkedArray) -> tuple[Any, Any] | None:
@@ -219,7 +230,7 @@ class DatasetWriter:
             cut = len(sizes)
         else:
             cut = int(np.searchsorted(np.cumsum(sizes), self.row_group_bytes, side="left")) + 1
-            cut = max(1, min(cut, len(sizes), MAX_ROW_GROUP_ROWS))
+            cut = _aligned_rows(max(1, min(cut, len(sizes), MAX_ROW_GROUP_ROWS)))
             cut = self._align_cut(cut, sizes)
         group, rest = table.slice(0, cut), table.slice(cut)
         self._write_group(group, sizes[:cut])
