@@ -279,14 +279,7 @@ class Scanner:
 
     # -- reading ---------------------------------------------------------------------------------
     def _open(self, rel: str) -> tuple[pq.ParquetFile, Any]:
-        source = self.storage.open_input(rel)
-        try:
-            pf = pq.ParquetFile(source)
-        except (pa.ArrowInvalid, OSError) as e:
-            source.close()
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise CorruptDatasetError(f"{self.storage.url}/{rel}: not a readable Parquet file: {e}") from None
+        pf, source = self.storage.open_parquet(rel)
         self.stats.files_opened += 1
         self.stats.opened_paths.append(rel)
         return pf, source

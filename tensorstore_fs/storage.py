@@ -20,7 +20,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._crc import crc32c_extend
-from .errors import CommitConflictError, DatasetNotFoundError, InvalidArgumentError
+from .errors import CommitConflictError, CorruptDatasetError, DatasetNotFoundError, InvalidArgumentError
 
 __all__ = ["Storage", "ChecksumWriter", "LocalShardSink"]
 
@@ -308,6 +308,25 @@ class Storage:
             return self.fs.open(p, "rb", cache_type="none")
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
+
+    def open_parquet(self, rel: str) -> tuple[Any, Any]:
+        """A shard opened for Parquet reading: ``(pyarrow.parquet.ParquetFile, source)``; the
+        caller closes ``source``. A local memory map is read without pyarrow's pre-buffering,
+        which only pays where reads have latency to hide: for a mapped file it hands every column
+        chunk to the I/O thread pool (reading one small column of 20 row groups took 1.4-2.0 ms
+        with it, 0.09 ms without)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        source = self.open_input(rel)
+        try:
+            pf = pq.ParquetFile(source, pre_buffer=not isinstance(source, pa.MemoryMappedFile))
+        except (pa.ArrowInvalid, OSError) as e:
+            source.close()
+            if isinstance(e, FileNotFoundError):
+                raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
+            raise CorruptDatasetError(f"{self.url}/{rel}: not a readable Parquet file: {e}") from None
+        return pf, source
 
     def open_stream(self, rel: str) -> Any:
         """Open a file for sequential reading (used to verify checksums)."""

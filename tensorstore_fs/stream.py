@@ -98,13 +98,7 @@ class _Files:
             if len(self._open) >= 4:
                 self.close_one()
             rel = self.ds.shards[shard].path
-            source = self.ds.storage.open_input(rel)
-            try:
-                pf = pq.ParquetFile(source)
-            except (pa.ArrowInvalid, OSError) as e:
-                source.close()
-                raise CorruptDatasetError(f"{self.ds.url}/{rel}: not a readable Parquet file: {e}") from None
-            self._open[shard] = (pf, source)
+            self._open[shard] = self.ds.storage.open_parquet(rel)
         return self._open[shard][0]
 
     def source(self, shard: int) -> Any:

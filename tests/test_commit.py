@@ -197,12 +197,43 @@ def test_verify_detects_a_modified_shard(tmp_path):
         ds.verify()
 
 
-def test_missing_or_replaced_shard_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("reader", ["to_batches", "torch"])
+def test_missing_or_replaced_shard_is_a_clear_error(tmp_path, reader):
     ds = tsfs.write_dataset(str(tmp_path / "ds"), batch(0, 10), SCHEMA)
+
+    def read():
+        if reader == "torch":
+            from tensorstore_fs.readers.torch import TorchDataset
+
+            return list(TorchDataset(ds, batch_size=4))
+        return list(ds.to_batches())
+
     os.remove(ds.files[0])
     with pytest.raises(tsfs.DatasetNotFoundError, match=r"shard file data/part-.*\.parquet is missing"):
-        list(ds.to_batches())
+        read()
     with open(ds.files[0], "wb") as fh:
         fh.write(b"not parquet at all")
     with pytest.raises(tsfs.CorruptDatasetError, match="not a readable Parquet file"):
-        list(ds.to_batches())
+        read()
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_shards_are_pre_buffered_only_where_reads_have_latency(tmp_path, monkeypatch, where):
+    """pyarrow's pre-buffering hands each column chunk of a memory-mapped file to its I/O threads
+    (14x slower for a small column); remote files keep it (it coalesces their reads)."""
+    import pyarrow.parquet as pq
+
+    url = str(tmp_path / "ds") if where == "local" else f"memory://prebuffer-{uuid.uuid4().hex}/ds"
+    ds = tsfs.write_dataset(url, batch(0, 10), SCHEMA)
+    seen = []
+    real = pq.ParquetFile
+
+    class Spy(real):
+        def __init__(self, source, **kw):
+            seen.append(kw.get("pre_buffer"))
+            super().__init__(source, **kw)
+
+    monkeypatch.setattr(pq, "ParquetFile", Spy)
+    got = np.concatenate([b["id"] for b in tsfs.open_dataset(url).to_batches()])
+    np.testing.assert_array_equal(got, np.arange(10))
+    assert seen == [where != "local"]
