@@ -9,9 +9,9 @@ Measures (median of ``--repeat`` timed runs after ``--warmup`` discarded warm-up
 1. write      ``tsfs.write_dataset`` fed 2048-row columnar batches, vs ``pyarrow.parquet.write_table``
               of one table built zero-copy from the same numpy buffers (tensors as
               ``fixed_size_binary``), with tsfs's own Parquet settings: no compression for tensor
-              columns, zstd + dictionary + statistics for scalar columns, and the same row-group
+              columns, snappy + dictionary + statistics for scalar columns, and the same row-group
               size in rows (taken from the tsfs manifest of the same run). No fsync on either side.
-2. full scan  ``ds.to_batches()`` touching every column vs ``pq.ParquetFile(path, memory_map=True)``
+2. full scan  ``ds.to_batches()`` touching every column vs ``pq.ParquetFile(path, memory_map=True, pre_buffer=False)``
               reading every row group of the *same shard files* and ``np.frombuffer``-ing the
               tensor buffers (offset honoured) + ``to_numpy()`` for scalars. Hot page cache.
 3. 1% filter  ``pc.field("id") < n // 100`` through ``ds.scanner(filter=...)``: fraction of dataset
@@ -179,8 +179,10 @@ def phase(task: dict[str, Any]) -> dict[str, Any]:
             def cleanup(url: Path) -> None:
                 shutil.rmtree(url, ignore_errors=True)
         else:
+            from tensorstore_fs.writer import DEFAULT_SCALAR_COMPRESSION
+
             rg_rows = task["rg_rows"]
-            compression = {**{c: "zstd" for c in SCALARS}, **{c: "none" for c in TENSORS}}
+            compression = {**{c: DEFAULT_SCALAR_COMPRESSION for c in SCALARS}, **{c: "none" for c in TENSORS}}
 
             def run(i: int):
                 path = out / f"ref_w{i}.parquet"
@@ -242,7 +244,7 @@ def phase(task: dict[str, Any]) -> dict[str, Any]:
 
         def batches():
             for path in files:
-                pf = pq.ParquetFile(path, memory_map=True)
+                pf = pq.ParquetFile(path, memory_map=True, pre_buffer=False)
                 for g in range(pf.num_row_groups):
                     yield arrow_table_to_numpy(pf.read_row_group(g))
 

@@ -12,7 +12,7 @@ untimed ones; every batch consumed: each tensor's length checked and one element
              ``torch.utils.data.DataLoader(ds, batch_size=None, num_workers=k)`` (``persistent_workers``
              when k > 0, so an epoch is one pass of the same loader, as in training), k in {0, 2},
              shuffle off/on (default shuffle settings, seed 0).
-2. reference ``pq.ParquetFile(path, memory_map=True)`` per tsfs shard file (opened once, kept open
+2. reference ``pq.ParquetFile(path, memory_map=True, pre_buffer=False)`` per tsfs shard file (opened once, kept open
              across epochs like tsfs keeps its own), every row group read,
              ``np.frombuffer`` of the fixed_size_binary buffers (offset honoured) and ``to_numpy()``
              of scalars, in the main process (no batching, no shuffle, no torch). Ratios: loader
@@ -207,7 +207,7 @@ def raw_batches(files: list[str]) -> Callable[[], Any]:
     epochs: the reference does not pay for mapping the files again."""
     import pyarrow.parquet as pq
 
-    opened = [pq.ParquetFile(path, memory_map=True) for path in files]
+    opened = [pq.ParquetFile(path, memory_map=True, pre_buffer=False) for path in files]
 
     def batches():
         for pf in opened:

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 MODES = ("error", "overwrite", "append")
 DEFAULT_ROW_GROUP_BYTES = 8 * 2**20
 DEFAULT_SHARD_BYTES = 256 * 2**20
+DEFAULT_SCALAR_COMPRESSION = "snappy"
 MAX_ROW_GROUP_ROWS = 1 << 20  # pyarrow's own cap; never let it split our row groups behind our back
 SHARD_ROW_ALIGNMENT = 4096  # shards of one write hold a multiple of this many rows (when affordable)
 # row groups (but a write's last) hold a multiple of this many rows, or of the largest power of two
@@ -130,7 +131,7 @@ class DatasetWriter:
         row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         compression: str | None = None,
-        scalar_compression: str = "snappy",
+        scalar_compression: str = DEFAULT_SCALAR_COMPRESSION,
     ) -> None:
         if mode not in MODES:
             raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}")

@@ -2,9 +2,10 @@
 
 * write     ``pq.write_table`` of one table built zero-copy from the source arrays in tsfs's storage layout
             (tensors ``fixed_size_binary``, token rows ``large_binary`` + the shape column) with tsfs's
-            Parquet settings (zstd + dictionary + statistics for scalars, no compression for tensors, the
+            Parquet settings (snappy + dictionary + statistics for scalars, no compression for tensors, the
             row-group size in rows of tsfs's file): what tsfs's writer costs at the least.
-* reads     the tsfs dataset's own shard files: ``pq.ParquetFile(path, memory_map=True)`` opened once, every
+* reads     the tsfs dataset's own shard files: ``pq.ParquetFile(path, memory_map=True, pre_buffer=False)``
+            (pre-buffering a map only costs) opened once, every
             row group read whole, ``np.frombuffer`` of the tensor buffers (offset honoured), ``to_numpy()``
             of scalars, token rows as flat values + offsets (no per-row objects), then cut into the
             256-row batches every reader hands its consumer (numpy views, no copy; the rows left at a
@@ -59,9 +60,11 @@ def arrow_table(s: Spec, src: dict[str, Any]):
 def write(s: Spec, src: dict[str, Any], out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
+    from tensorstore_fs.writer import DEFAULT_SCALAR_COMPRESSION
+
     t = arrow_table(s, src)
     scalars = [c.name for c in s.cols if c.is_scalar]
-    compression = {n: ("zstd" if n in scalars else "none") for n in t.column_names}
+    compression = {n: (DEFAULT_SCALAR_COMPRESSION if n in scalars else "none") for n in t.column_names}
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(t, str(out / "part-0.parquet"), row_group_size=ctx["tsfs_rg_rows"], compression=compression,
                    use_dictionary=scalars, write_statistics=scalars)
@@ -114,7 +117,7 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
     if name == "pyarrow-rg" and measure not in ("seq", "project"):
         raise Skip("shown for the sequential read and the projection only")
     if measure in ("seq", "project"):
-        opened = [pq.ParquetFile(f, memory_map=True) for f in files]  # opened once, like tsfs keeps its own
+        opened = [pq.ParquetFile(f, memory_map=True, pre_buffer=False) for f in files]  # opened once, like tsfs
         cols = ["label"] if measure == "project" else None
         k = {"label": "label"} if cols else keys
         id_key = None if cols else "id"
