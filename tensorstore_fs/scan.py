@@ -338,7 +338,7 @@ class Scanner:
                 else:
                     yield from self._stream_row_groups(pf, refs, rel, source, cut)
             finally:
-                source.close()
+                self.storage.release(rel, pf, source)
 
     def _direct(self, pf: pq.ParquetFile, source: Any, rel: str) -> Callable[[int], dict[str, pa.Array]] | None:
         """For :func:`read_batches`: the fixed-shape tensor columns of a row group that a local
@@ -420,7 +420,7 @@ class Scanner:
                     self.stats.rows_matched += ref.rows if hits is None else len(hits)
                     yield ref, hits
             finally:
-                source.close()
+                self.storage.release(rel, pf, source)
 
     def _row_group_table(self, pf: pq.ParquetFile, ref: RowGroupRef, rel: str) -> Iterator[pa.Table]:
         self.stats.row_groups_read += 1
