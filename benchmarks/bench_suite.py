@@ -505,7 +505,7 @@ def notes(args: argparse.Namespace, R: dict[str, Any]) -> list[str]:
         "where the reads find it, the timed ones go to a scratch folder deleted (untimed) before each. TFRecord's "
         "figure is tsfs's `to_tfrecord` conversion (it reads the tsfs dataset). Petastorm's is one Spark job (n=1), "
         "Spark start-up apart.",
-        "Layouts: tsfs tensors are `fixed_size_binary` / `large_binary` + shape column, scalars zstd; h5py chunks of "
+        "Layouts: tsfs tensors are `fixed_size_binary` / `large_binary` + shape column, scalars snappy; h5py chunks of "
         "~1 MiB of whole rows; WebDataset 8 shards; TFRecord 8 files; HF Arrow (Array3D, fixed-length List, "
         f"List(int32)); Petastorm 2 files, 8 MB row groups, NdarrayCodec (np.save bytes), Snappy; make_batch_reader "
         f"reads a plain Parquet copy (tensors as flattened list columns: images come back as (n, 12288)); TFRecord "

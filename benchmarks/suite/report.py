@@ -256,7 +256,7 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
                          "every byte written, the manifest commit")
         elif winner == "h5py":
             parts.append("h5py copies each whole array into its chunks in one call (no encoding, no statistics, no "
-                         "checksum); tsfs encodes Parquet row groups (zstd + dictionary + statistics on scalar columns), "
+                         "checksum); tsfs encodes Parquet row groups (snappy + dictionary + statistics on scalar columns), "
                          "computes CRC32C per shard and commits a manifest")
         else:
             parts.append(f"{winner} writes its own format without Parquet encoding, statistics or checksums")
@@ -264,7 +264,7 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
             parts.append("tsfs's variable-shape writer still touches every row from Python (its shape and dtype are "
                          "collected for one numpy check, then the rows are joined by one concatenation)")
         if kind == "tabular":
-            parts.append("18 scalar columns each get zstd, dictionary encoding and statistics (76 B rows)")
+            parts.append("18 scalar columns each get snappy, dictionary encoding and statistics (76 B rows)")
     elif winner == "petastorm-batch":
         prg = ex.get("prep", {}).get("petastorm-plain/prep", {}).get("row_group_rows")
         note = (f"{math.ceil(n / prg)} row group(s) of up to {min(n, prg):,} rows" if prg else "row groups of ~8 MB")
@@ -293,11 +293,11 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
                          "by flat_map and iterated by eager Python: about 0.5 ms per batch on this machine")
     elif winner == "h5py" and kind == "tabular" and measure in ("seq", "shuffle", "filter"):
         parts.append("h5py reads the 16 features as one packed (n, 16) float32 dataset: 3 contiguous slices per "
-                     "batch and no decoding, where tsfs decodes 18 Parquet columns (scalars zstd-compressed, the "
+                     "batch and no decoding, where tsfs decodes 18 Parquet columns (scalars snappy-compressed, the "
                      "library default) into 18 arrays")
     elif winner == "h5py" and measure == "project":
         parts.append(f"h5py reads one 1-D `label` dataset, one contiguous slice per batch; tsfs decodes the "
-                     f"column's row groups (zstd + dictionary) in one call and cuts {batches:,} 256-row batches, "
+                     f"column's row groups (snappy + dictionary) in one call and cuts {batches:,} 256-row batches, "
                      f"whose fixed cost per batch (slice, dict) dominates such a small column")
     elif winner == "h5py":
         parts.append("h5py slices contiguous uncompressed chunks straight into numpy, one read call per column per "
