@@ -15,7 +15,7 @@ the rows (see the README's benchmark notes).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -80,6 +80,20 @@ class RaggedRows:
         if self.valid is not None and not self.valid[i]:
             return None
         return self.values[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
+
+    @staticmethod
+    def concat(parts: Sequence["RaggedRows"]) -> "RaggedRows":
+        """The rows of ``parts`` one after the other, in one new values array (one copy)."""
+        if not parts:
+            raise ValueError("RaggedRows.concat needs at least one part")
+        values = np.concatenate([p.values[p.offsets[0]:p.offsets[-1]] for p in parts])
+        offsets = np.zeros(sum(len(p) for p in parts) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([p.lengths for p in parts]), out=offsets[1:])
+        shapes = np.concatenate([p.shapes for p in parts])
+        valid = None
+        if any(p.valid is not None for p in parts):
+            valid = np.concatenate([np.ones(len(p), bool) if p.valid is None else p.valid for p in parts])
+        return RaggedRows(values, offsets, shapes, valid)
 
     def __iter__(self) -> Iterator[np.ndarray | None]:
         return (self[i] for i in range(len(self)))

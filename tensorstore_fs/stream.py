@@ -25,6 +25,7 @@ from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
 from .pages import plain_values_offset
 from .predicates import Predicate
+from .ragged import RaggedRows
 from .schema import Field
 from .scan import Scanner, all_row_groups, read_batches, use_threads
 from .world import World
@@ -588,7 +589,8 @@ class PlannedStream:
         ``decoded``; variable-shape fields, whose padding depends on the batch, stay in ``table``
         (None when there are none)."""
         schema = self.ds.schema
-        sliced = [c for c in cols if not schema.field(c).is_variable]
+        # flat variable-shape rows are sliced like the rest; padded ones are padded per batch
+        sliced = [c for c in cols if not schema.field(c).is_variable or self.flat_variable]
         rest = [c for c in cols if c not in sliced]
         cur, have, pending = 0, 0, []
         for shard, rgs, skip, nrows in self._segments(first_id, sum(sizes)):
@@ -610,7 +612,7 @@ class PlannedStream:
                     rb = next(it, None)
                     if rb is None or rb.num_rows != sum(group):
                         raise CorruptDatasetError(f"{self.ds.url}: shard {shard} holds fewer rows than its manifest says")
-                    decoded = _decode_writable(rb, [schema.field(c) for c in sliced])
+                    decoded = _decode_writable(rb, [schema.field(c) for c in sliced], self.flat_variable)
                     offset = 0
                     for want in group:  # zero-copy slices of one decoded read
                         pending.append((rb.slice(offset, want) if rest else None,
@@ -785,13 +787,13 @@ class PlannedStream:
         return out
 
 
-def _decode_writable(rb: pa.RecordBatch, fields: Sequence[Field]) -> dict[str, Any]:
+def _decode_writable(rb: pa.RecordBatch, fields: Sequence[Field], flat: bool = False) -> dict[str, Any]:
     """Fields of one value per row decoded from a whole read, as writable arrays (read-only
     decodes, such as Arrow's zero-copy scalar columns, are copied once here rather than once per
-    batch by the framework adapters)."""
+    batch by the framework adapters); ``flat``: variable-shape fields as :class:`RaggedRows`."""
     out: dict[str, Any] = {}
     for f in fields:
-        for k, v in decode_column(rb, f).items():
+        for k, v in decode_column(rb, f, flat=flat).items():
             if isinstance(v, np.ma.MaskedArray):
                 if not v.data.flags.writeable:
                     v = np.ma.MaskedArray(v.data.copy(), mask=np.ma.getmaskarray(v))
@@ -808,7 +810,9 @@ def _join_pieces(pieces: list[tuple[pa.RecordBatch | None, dict[str, Any]]]) -> 
     decoded: dict[str, Any] = {}
     for k, first in pieces[0][1].items():
         parts = [d[k] for _, d in pieces]
-        if isinstance(first, np.ma.MaskedArray):
+        if isinstance(first, RaggedRows):
+            decoded[k] = RaggedRows.concat(parts)
+        elif isinstance(first, np.ma.MaskedArray):
             decoded[k] = np.ma.concatenate(parts)
         elif first.dtype == object:
             decoded[k] = np.concatenate(parts)

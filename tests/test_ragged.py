@@ -37,6 +37,20 @@ def test_rows_slices_and_lengths():
         RaggedRows(r.values, r.offsets[:-1], r.shapes)
 
 
+def test_concat_rebases_offsets_and_fills_validity():
+    r = _rows()
+    plain = RaggedRows(np.arange(100, 105, dtype=np.int32), np.array([0, 2, 5]), np.array([[2], [3]]))
+    both = RaggedRows.concat([r[1:], plain, r[:1]])
+    assert len(both) == 6 and both.offsets[0] == 0 and not np.shares_memory(both.values, r.values)
+    want = [r[1], r[2], r[3], plain[0], plain[1], r[0]]
+    for got, w in zip(both, want):
+        assert (got is None) if w is None else np.array_equal(got, w)
+    assert both.valid.tolist() == [True, False, True, True, True, True]
+    assert RaggedRows.concat([plain, plain]).valid is None
+    with pytest.raises(ValueError):
+        RaggedRows.concat([])
+
+
 def test_values_not_element_aligned_in_the_payload_are_copied_once():
     # another writer's payload with rows at odd byte offsets: no typed view exists, so the rows
     # are copied into one flat array; values and shapes as the per-row decode gives them

@@ -743,10 +743,12 @@ def test_nested_jagged_batches_come_from_flat_values(tmp_path, monkeypatch):
         built.clear()
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_flat_variable_batches(tmp_path, num_workers):
+def test_flat_variable_batches(tmp_path, num_workers, shuffle):
     # variable="flat": values back to back plus offsets from 0 (cu_seqlens), per-row shapes and,
-    # for a nullable field, __valid; in-process and through 2 forked workers, shuffled
+    # for a nullable field, __valid; in-process and through 2 forked workers, shuffled (gathered)
+    # and in order (decoded once per read and sliced; batches spanning two shard files joined)
     n = 400
     rng = np.random.default_rng(4)
     toks = [np.arange(int(rng.integers(0, 20)), dtype=np.int32) + 1000 * i for i in range(n)]
@@ -754,8 +756,9 @@ def test_flat_variable_batches(tmp_path, num_workers):
     schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("toks", "int32", (None,)),
                           tsfs.Field("opt", "float32", (None, 2), nullable=True)])
     ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(n), "toks": toks, "opt": opt}, schema,
-                            row_group_bytes=3000)
-    tds = TorchDataset(str(tmp_path / "ds"), batch_size=48, shuffle=True, seed=3, variable="flat")
+                            row_group_bytes=3000, shard_bytes=9000)
+    assert len(ds.shards) > 2 and any(s.rows % 48 for s in ds.shards)  # some batch spans two files
+    tds = TorchDataset(str(tmp_path / "ds"), batch_size=48, shuffle=shuffle, seed=3, variable="flat")
     loader = make_loader(tds, num_workers, "fork" if num_workers else None)
     seen = []
     for b in loader:
