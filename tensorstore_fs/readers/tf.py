@@ -28,6 +28,7 @@ from ..dataset import Dataset
 from ..errors import InvalidArgumentError
 from ..plan import PlanSpec
 from ..predicates import Predicate
+from ..ragged import RaggedRows
 from ..schema import Field
 from ..stream import (
     DEFAULT_WINDOW_BYTES,
@@ -64,13 +65,15 @@ class _Ragged:
     def inner(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.shape[self.last_variable + 1:])
 
-    def components(self, rows: list[np.ndarray | None], np_dtype: np.dtype) -> dict[str, np.ndarray]:
-        """Numpy components of a batch of rows (a null row is an empty tensor)."""
+    def components(self, rows: RaggedRows, np_dtype: np.dtype) -> dict[str, np.ndarray]:
+        """Numpy components of a batch of rows (a null row is an empty tensor): the rows' flat
+        values as they were decoded (no per-row work) and the row lengths of each variable dimension."""
         j = self.last_variable
-        shapes = np.array([[0 if d is None else d for d in self.shape] if r is None else r.shape for r in rows],
-                          dtype=np.int64).reshape(len(rows), len(self.shape))
-        parts = [r.reshape(-1) for r in rows if r is not None and r.size]
-        flat = np.concatenate(parts) if parts else np.zeros(0, np_dtype)
+        shapes = rows.shapes.astype(np.int64, copy=False).reshape(len(rows), len(self.shape))
+        if rows.valid is not None and not rows.valid.all():  # null rows: empty, fixed dims kept
+            shapes = shapes.copy()
+            shapes[~rows.valid] = [0 if d is None else d for d in self.shape]
+        flat = rows.values[rows.offsets[0]:rows.offsets[-1]] if len(rows) else np.zeros(0, np_dtype)
         out = {self.name: flat.astype(np_dtype, copy=False).reshape((-1,) + self.inner)}
         for k in range(j + 1):
             if self.shape[k] is None:  # lengths of dimension k, once per element of the levels above
@@ -162,7 +165,7 @@ class TFReader:
             ds_or_url, columns, filter, predicate, batch_size, shuffle=shuffle, seed=seed, remainder=remainder,
             drop_last=drop_last, rank=rank, world_size=world_size, window_bytes=window_bytes,
             pad_variable=variable == "pad", with_row_ids=with_row_ids, version=version,
-            storage_options=storage_options)
+            storage_options=storage_options, flat_variable=variable == "ragged")
         self.rank, self.world_size = world.rank, world.world_size
         self.num_workers = num_workers
         self.num_epochs = num_epochs
@@ -253,7 +256,7 @@ class TFReader:
             if f.name in self._ragged:
                 out.update(self._ragged[f.name].components(v, f.numpy_dtype))
                 if f.nullable:
-                    valid = np.array([r is not None for r in v], dtype=bool)
+                    valid = v.valid
             elif isinstance(v, np.ma.MaskedArray):
                 mask = np.ma.getmaskarray(v)
                 valid = ~mask.reshape(mask.shape[0], -1).any(axis=1)
