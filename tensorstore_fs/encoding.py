@@ -455,6 +455,16 @@ def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = Fal
     return {f.name: _masked(values, valid, f)}
 
 
+def pad_rows(rows: RaggedRows, f: Field) -> dict[str, np.ndarray]:
+    """``decode_column(..., pad=True)`` of rows already decoded flat: ``{name: zero-padded
+    values, name + "__shape": shapes}`` (a batch sliced from one flat decode of a longer read)."""
+    parts = _VariableParts(rows.values, rows.values, rows.offsets * rows.values.itemsize, rows.shapes, rows.valid,
+                           rows.values.dtype)
+    fast = _pad_parts(parts, f) if len(rows) else None
+    padded, shapes = fast if fast is not None else pad_variable(rows.to_list(), f)
+    return {f.name: padded, f.name + "__shape": shapes}
+
+
 def _flat_rows(arr: pa.Array, shapes: pa.Array, f: Field) -> RaggedRows:
     """A variable-shape column as flat values plus offsets: a view of the payload where its rows
     are element-aligned (always, for files tsfs writes), else one copy of the rows."""

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .dataset import Dataset, open_dataset
-from .encoding import decode_column, storage_columns
+from .encoding import decode_column, pad_rows, storage_columns
 from ._pool import ALIGN, SMALL_BYTES, aligned_empty
 from ._pool import RecyclingPool as _RecyclingPool
 from .filemap import FileRows, private_view
@@ -589,9 +589,11 @@ class PlannedStream:
         ``decoded``; variable-shape fields, whose padding depends on the batch, stay in ``table``
         (None when there are none)."""
         schema = self.ds.schema
-        # flat variable-shape rows are sliced like the rest; padded ones are padded per batch
-        sliced = [c for c in cols if not schema.field(c).is_variable or self.flat_variable]
+        # variable-shape rows are decoded flat once per read too, and sliced; padded ones are
+        # padded per batch (the width is the batch's own)
+        sliced = [c for c in cols if not schema.field(c).is_variable or self.flat_variable or self.pad_variable]
         rest = [c for c in cols if c not in sliced]
+        padded = [schema.field(c) for c in sliced if self.pad_variable and schema.field(c).is_variable]
         cur, have, pending = 0, 0, []
         for shard, rgs, skip, nrows in self._segments(first_id, sum(sizes)):
             pieces, left, c, h = [], nrows, cur, have
@@ -612,7 +614,8 @@ class PlannedStream:
                     rb = next(it, None)
                     if rb is None or rb.num_rows != sum(group):
                         raise CorruptDatasetError(f"{self.ds.url}: shard {shard} holds fewer rows than its manifest says")
-                    decoded = _decode_writable(rb, [schema.field(c) for c in sliced], self.flat_variable)
+                    decoded = _decode_writable(rb, [schema.field(c) for c in sliced],
+                                               self.flat_variable or self.pad_variable)
                     offset = 0
                     for want in group:  # zero-copy slices of one decoded read
                         pending.append((rb.slice(offset, want) if rest else None,
@@ -620,7 +623,10 @@ class PlannedStream:
                         offset += want
                         have += want
                         if have == sizes[cur]:
-                            yield pending[0] if len(pending) == 1 else _join_pieces(pending)
+                            batch = pending[0] if len(pending) == 1 else _join_pieces(pending)
+                            for f in padded:
+                                batch[1].update(pad_rows(batch[1].pop(f.name), f))
+                            yield batch
                             cur, have, pending = cur + 1, 0, []
             finally:
                 it.close()

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 import tensorstore_fs as tsfs
-from tensorstore_fs.encoding import _flat_rows, variable_values
+from tensorstore_fs.encoding import _flat_rows, decode_column, pad_rows, variable_values
 from tensorstore_fs.ragged import RaggedRows
 
 
@@ -81,3 +81,29 @@ def test_to_batches_flat_variable(tmp_path):
     assert empty == []
     with pytest.raises(tsfs.InvalidArgumentError, match="exclusive"):
         ds.to_batches(pad_variable=True, flat_variable=True)
+
+
+@pytest.mark.parametrize("shape", [(None,), (None, 2), (2, None)])
+def test_padding_slices_of_one_flat_decode_equals_padding_each_batch(tmp_path, shape):
+    # the loaders decode a read's ragged rows flat once and pad each batch's slice (pad_rows);
+    # it must equal decoding that batch padded (nulls, empty rows, a shape the fast pad declines)
+    rng = np.random.default_rng(7)
+    f = tsfs.Field("v", "float32", shape, nullable=True)
+
+    def row(i):
+        if i % 5 == 0:
+            return None
+        dims = [int(rng.integers(0, 4)) if d is None else d for d in shape]
+        return rng.standard_normal(dims).astype(np.float32)
+
+    rows = [row(i) for i in range(60)]
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"v": rows}, tsfs.Schema([f]))
+    table = pa.concat_tables([tsfs.open_dataset(ds.url).scanner().row_group_tables().__next__()]).combine_chunks()
+    flat = decode_column(table, f, flat=True)["v"]
+    for a, b in [(0, 60), (0, 7), (7, 30), (30, 31), (31, 60), (12, 12)]:
+        want = decode_column(table.slice(a, b - a), f, pad=True)
+        got = pad_rows(flat[a:b], f)
+        assert set(got) == set(want) == {"v", "v__shape"}
+        for k in want:
+            np.testing.assert_array_equal(np.ma.getdata(got[k]), np.ma.getdata(want[k]), err_msg=f"{k} [{a}:{b}]")
+            assert got[k].dtype == want[k].dtype
