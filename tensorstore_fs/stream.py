@@ -586,8 +586,9 @@ class PlannedStream:
 
         Each batch is ``(table, decoded)``: fields of one value per row (scalars, fixed-shape
         tensors, strings) are decoded once per read and arrive as writable numpy slices in
-        ``decoded``; variable-shape fields, whose padding depends on the batch, stay in ``table``
-        (None when there are none)."""
+        ``decoded``. So do variable-shape fields in flat mode (``RaggedRows`` slices) and padded
+        mode (padded per batch from such a slice, the width being the batch's own); only rows
+        handed out as per-row lists stay in ``table`` (None when there are none)."""
         schema = self.ds.schema
         # variable-shape rows are decoded flat once per read too, and sliced; padded ones are
         # padded per batch (the width is the batch's own)

@@ -111,7 +111,7 @@ class DatasetWriter:
         them stays at memory speed). Scalar columns always use ``scalar_compression``.
     scalar_compression : str
         Parquet codec for scalar and string columns (default ``"snappy"``, as pyarrow and Spark
-        write; pyarrow sets up a zstd decoder for every column chunk, which tripled the time of
+        write; pyarrow sets up a zstd decoder for every column chunk, which doubled the time of
         reading a small column of many row groups; ``"zstd"`` stores tabular data ~10% smaller).
 
     Notes
