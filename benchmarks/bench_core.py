@@ -9,7 +9,7 @@ Measures (median of ``--repeat`` timed runs after ``--warmup`` discarded warm-up
 1. write      ``tsfs.write_dataset`` fed 2048-row columnar batches, vs ``pyarrow.parquet.write_table``
               of one table built zero-copy from the same numpy buffers (tensors as
               ``fixed_size_binary``), with tsfs's own Parquet settings: no compression for tensor
-              columns, snappy + dictionary + statistics for scalar columns, and the same row-group
+              columns, snappy + statistics for scalar columns (dictionaries where tsfs uses them), and the same row-group
               size in rows (taken from the tsfs manifest of the same run). No fsync on either side.
 2. full scan  ``ds.to_batches()`` touching every column vs ``pq.ParquetFile(path, memory_map=True, pre_buffer=False)``
               reading every row group of the *same shard files* and ``np.frombuffer``-ing the
@@ -179,7 +179,7 @@ def phase(task: dict[str, Any]) -> dict[str, Any]:
             def cleanup(url: Path) -> None:
                 shutil.rmtree(url, ignore_errors=True)
         else:
-            from tensorstore_fs.writer import DEFAULT_SCALAR_COMPRESSION
+            from tensorstore_fs.writer import DEFAULT_SCALAR_COMPRESSION, dictionary_columns
 
             rg_rows = task["rg_rows"]
             compression = {**{c: DEFAULT_SCALAR_COMPRESSION for c in SCALARS}, **{c: "none" for c in TENSORS}}
@@ -191,7 +191,8 @@ def phase(task: dict[str, Any]) -> dict[str, Any]:
                 t = pa.table({"id": pa.array(data["id"]), "label": pa.array(data["label"]),
                               "image": fsb(data["image"]), "embedding": fsb(data["embedding"])})
                 pq.write_table(t, str(path), row_group_size=rg_rows, compression=compression,
-                               use_dictionary=list(SCALARS), write_statistics=list(SCALARS))
+                               use_dictionary=dictionary_columns(t, list(SCALARS)) or False,
+                               write_statistics=list(SCALARS))
                 return path, None
 
             def cleanup(path: Path) -> None:

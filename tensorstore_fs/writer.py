@@ -38,6 +38,10 @@ SHARD_ROW_ALIGNMENT = 4096  # shards of one write hold a multiple of this many r
 # not above their byte-sized row count: batches of a power-of-two size up to it then never straddle
 # two row groups, and readers hand a sequential batch's tensors out as views of one row group
 ROW_GROUP_ROW_ALIGNMENT = 256
+# a scalar column is dictionary-encoded in a shard when at most this share of the first rows'
+# values (a sample of DICTIONARY_SAMPLE) is distinct: labels and categories, not ids or features
+DICTIONARY_MAX_DISTINCT = 0.5
+DICTIONARY_SAMPLE = 4096
 _COMMIT_RETRIES = 20
 
 
@@ -46,6 +50,21 @@ def _aligned_rows(rows: int) -> int:
     largest power of two not above it (so never less than half of ``rows``)."""
     step = min(ROW_GROUP_ROW_ALIGNMENT, 1 << (rows.bit_length() - 1))
     return rows - rows % step
+
+
+def dictionary_columns(table: pa.Table, columns: Iterable[str]) -> list[str]:
+    """The ``columns`` of ``table`` worth dictionary encoding: those whose first
+    ``DICTIONARY_SAMPLE`` non-null values are at most ``DICTIONARY_MAX_DISTINCT`` distinct.
+    Dictionary-encoding distinct floats made the suite's tabular rows 6x slower to write, 1.4x
+    bigger and 1.5x slower to read than plain pages."""
+    sample = table.slice(0, DICTIONARY_SAMPLE)
+    out = []
+    for name in columns:
+        col = sample.column(name)
+        values = len(col) - col.null_count
+        if values == 0 or pc.count_distinct(col).as_py() <= DICTIONARY_MAX_DISTINCT * values:
+            out.append(name)
+    return out
 
 
 def _numeric_bounds(col: pa.ChunkedArray) -> tuple[Any, Any] | None:
@@ -269,7 +288,7 @@ class DatasetWriter:
         aligned = self._shard_rows() % SHARD_ROW_ALIGNMENT == 0
         return aligned or not self._alignment_affordable(group_sizes)
 
-    def _open_shard(self) -> None:
+    def _open_shard(self, first: pa.Table) -> None:
         seq = len(self._shards)
         self._cur_path = f"data/part-{self._writer_id}-{seq:05d}.parquet"
         self._file = self.storage.open_output(self._cur_path)
@@ -282,7 +301,7 @@ class DatasetWriter:
             self._file.stream,
             self._arrow_schema,
             compression=compression,
-            use_dictionary=self._scalar_cols or False,
+            use_dictionary=dictionary_columns(first, self._scalar_cols) or False,
             write_statistics=self._stat_cols or False,
             store_schema=True,
             # one data page per column chunk: a fixed-shape tensor chunk is then one run of raw
@@ -294,7 +313,7 @@ class DatasetWriter:
 
     def _write_group(self, group: pa.Table, group_sizes: np.ndarray) -> None:
         if self._pq is None:
-            self._open_shard()
+            self._open_shard(group)
         assert self._pq is not None
         self._pq.write_table(group, row_group_size=group.num_rows)
         self._file.checkpoint()

@@ -62,3 +62,26 @@ def test_sequential_batches_are_views_of_one_row_group(tmp_path, monkeypatch, ba
         image = b["image"].numpy()
         np.testing.assert_array_equal(image, _data(3_000)["image"][b["id"].numpy()])
         assert any(np.shares_memory(image, m) for m in maps), "batch was copied, not mapped"
+
+
+def test_only_repetitive_scalar_columns_are_dictionary_encoded(tmp_path):
+    """Dictionaries for labels and categories; plain pages for ids, float features and unique
+    strings (a dictionary of distinct values is bigger and slower to write and read)."""
+    import pyarrow.parquet as pq
+
+    n = 5000
+    rng = np.random.default_rng(0)
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("label", "int32"), tsfs.Field("x", "float32"),
+                          tsfs.Field("cat", "string"), tsfs.Field("name", "string"),
+                          tsfs.Field("gone", "float32", nullable=True), tsfs.Field("image", "uint8", (ROW,))])
+    data = {"id": np.arange(n), "label": rng.integers(0, 10, n).astype(np.int32),
+            "x": rng.standard_normal(n).astype(np.float32), "cat": [("a", "b", "c")[i % 3] for i in range(n)],
+            "name": [f"file-{i}.jpg" for i in range(n)], "gone": [None] * n, "image": _data(n)["image"]}
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), data, schema)
+    md = pq.read_metadata(ds.files[0])
+    dictionary = {md.schema.column(i).name for i in range(md.num_columns)
+                  if md.row_group(0).column(i).dictionary_page_offset is not None}
+    assert dictionary == {"label", "cat", "gone"}
+    got = tsfs.open_dataset(ds.url).to_table(columns=["id", "label", "x", "cat", "name"])
+    assert got.column("name").to_pylist() == data["name"] and got.column("cat").to_pylist() == data["cat"]
+    np.testing.assert_array_equal(got.column("x").to_numpy(), data["x"])

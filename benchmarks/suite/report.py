@@ -256,7 +256,7 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
                          "every byte written, the manifest commit")
         elif winner == "h5py":
             parts.append("h5py copies each whole array into its chunks in one call (no encoding, no statistics, no "
-                         "checksum); tsfs encodes Parquet row groups (snappy + dictionary + statistics on scalar columns), "
+                         "checksum); tsfs encodes Parquet row groups (snappy + statistics on scalar columns, dictionaries on repetitive ones), "
                          "computes CRC32C per shard and commits a manifest")
         else:
             parts.append(f"{winner} writes its own format without Parquet encoding, statistics or checksums")
@@ -264,7 +264,7 @@ def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: 
             parts.append("tsfs's variable-shape writer still touches every row from Python (its shape and dtype are "
                          "collected for one numpy check, then the rows are joined by one concatenation)")
         if kind == "tabular":
-            parts.append("18 scalar columns each get snappy, dictionary encoding and statistics (76 B rows)")
+            parts.append("18 scalar columns each get snappy and statistics, label a dictionary (76 B rows)")
     elif winner == "petastorm-batch":
         prg = ex.get("prep", {}).get("petastorm-plain/prep", {}).get("row_group_rows")
         note = (f"{math.ceil(n / prg)} row group(s) of up to {min(n, prg):,} rows" if prg else "row groups of ~8 MB")

@@ -2,7 +2,7 @@
 
 * write     ``pq.write_table`` of one table built zero-copy from the source arrays in tsfs's storage layout
             (tensors ``fixed_size_binary``, token rows ``large_binary`` + the shape column) with tsfs's
-            Parquet settings (snappy + dictionary + statistics for scalars, no compression for tensors, the
+            Parquet settings (snappy + statistics for scalars, dictionaries where tsfs uses them, no compression for tensors, the
             row-group size in rows of tsfs's file): what tsfs's writer costs at the least.
 * reads     the tsfs dataset's own shard files: ``pq.ParquetFile(path, memory_map=True, pre_buffer=False)``
             (pre-buffering a map only costs) opened once, every
@@ -60,14 +60,14 @@ def arrow_table(s: Spec, src: dict[str, Any]):
 def write(s: Spec, src: dict[str, Any], out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from tensorstore_fs.writer import DEFAULT_SCALAR_COMPRESSION
+    from tensorstore_fs.writer import DEFAULT_SCALAR_COMPRESSION, dictionary_columns
 
     t = arrow_table(s, src)
     scalars = [c.name for c in s.cols if c.is_scalar]
     compression = {n: (DEFAULT_SCALAR_COMPRESSION if n in scalars else "none") for n in t.column_names}
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(t, str(out / "part-0.parquet"), row_group_size=ctx["tsfs_rg_rows"], compression=compression,
-                   use_dictionary=scalars, write_statistics=scalars)
+                   use_dictionary=dictionary_columns(t, scalars) or False, write_statistics=scalars)
     return {"row_group_rows": ctx["tsfs_rg_rows"]}
 
 
