@@ -150,6 +150,9 @@ class LocalShardSink:
 
 
 OPEN_SHARDS = 8  # local shard files a Storage keeps open between reads (see Storage.release)
+# ... and at most this many bytes of them: pages of a kept map that a scan touched stay in the
+# process's resident set (file pages, shared with the page cache) until the map is closed
+OPEN_SHARD_BYTES = 256 * 2**20
 
 
 class Storage:
@@ -347,15 +350,16 @@ class Storage:
 
     def release(self, rel: str, pf: Any, source: Any) -> None:
         """Hand back a shard from :meth:`open_parquet`: a local one is kept open for the next
-        read (the ``OPEN_SHARDS`` most recent; one reader at a time uses each), others closed.
-        Arrays read from it stay valid either way (they hold the mapping)."""
-        if not self.is_local or source.closed:
+        read (the most recent, up to ``OPEN_SHARDS`` files and ``OPEN_SHARD_BYTES``; one reader
+        at a time uses each), others closed. Arrays read from it stay valid either way (they
+        hold the mapping)."""
+        if not self.is_local or source.closed or source.size() > OPEN_SHARD_BYTES:
             source.close()
             return
         with self._idle_guard():
             drop = [self._idle.pop(rel)] if rel in self._idle else []  # another reader's copy came back first
             self._idle[rel] = (pf, source)
-            while len(self._idle) > OPEN_SHARDS:
+            while len(self._idle) > OPEN_SHARDS or sum(src.size() for _, src in self._idle.values()) > OPEN_SHARD_BYTES:
                 drop.append(self._idle.popitem(last=False)[1])
         for _, old in drop:
             old.close()

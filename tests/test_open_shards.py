@@ -72,6 +72,18 @@ def test_at_most_open_shards_stay_open(tmp_path, monkeypatch):
     assert list(ds.storage._idle) == [s.path for s in ds.shards[-3:]]  # the most recent
 
 
+def test_kept_files_are_bounded_in_bytes(tmp_path, monkeypatch):
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), _data(2000), SCHEMA, row_group_bytes=4000, shard_bytes=8000)
+    ds = tsfs.open_dataset(ds.url)
+    sizes = [s.bytes for s in ds.shards]
+    monkeypatch.setattr(storage_mod, "OPEN_SHARD_BYTES", sizes[-1] + sizes[-2])  # room for the last two
+    np.testing.assert_array_equal(_ids(ds), np.arange(2000))
+    assert list(ds.storage._idle) == [s.path for s in ds.shards[-2:]]
+    monkeypatch.setattr(storage_mod, "OPEN_SHARD_BYTES", min(sizes) - 1)  # no file fits: none kept
+    np.testing.assert_array_equal(_ids(ds), np.arange(2000))
+    assert not ds.storage._idle
+
+
 def test_concurrent_scans_never_share_an_open_file(tmp_path):
     ds = tsfs.open_dataset(tsfs.write_dataset(str(tmp_path / "ds"), _data(3000), SCHEMA, row_group_bytes=2000,
                                               shard_bytes=30_000).url)
