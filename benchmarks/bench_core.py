@@ -458,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         "computes CRC32C and commits a manifest. Full scan and filter: the reference reads tsfs's own shard files, "
         "opening them every pass; tsfs keeps up to 256 MiB of the files it read last mapped between scans "
         "(fewer page faults on the next pass, at the cost of those pages staying resident), which on this "
-        "dataset's 3 shards of ~222 MB means none survives a pass.",
+        "dataset's 3 shards of ~222 MB means every pass maps them afresh too (the last one stays mapped until "
+        "the next pass evicts it: the higher peak RSS).",
         f"- filter: {r['filter_tsfs']['rows']:,} matched rows; rows/s and GB/s count matched rows; tsfs read "
         f"{r['filter_tsfs']['row_groups_read']} of {r['filter_tsfs']['row_groups_total']} row groups "
         f"({r['filter_tsfs']['row_groups_pruned']} pruned from manifest statistics); row groups are the unit of "
