@@ -359,7 +359,8 @@ class Storage:
         with self._idle_guard():
             drop = [self._idle.pop(rel)] if rel in self._idle else []  # another reader's copy came back first
             self._idle[rel] = (pf, source)
-            while len(self._idle) > OPEN_SHARDS or sum(src.size() for _, src in self._idle.values()) > OPEN_SHARD_BYTES:
+            while (len(self._idle) > OPEN_SHARDS
+                   or sum(src.size() for _, src in self._idle.values()) > OPEN_SHARD_BYTES):
                 drop.append(self._idle.popitem(last=False)[1])
         for _, old in drop:
             old.close()

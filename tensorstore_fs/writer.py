@@ -53,8 +53,9 @@ def _aligned_rows(rows: int) -> int:
 
 
 def dictionary_columns(table: pa.Table, columns: Iterable[str]) -> list[str]:
-    """The ``columns`` of ``table`` worth dictionary encoding: those whose first
-    ``DICTIONARY_SAMPLE`` non-null values are at most ``DICTIONARY_MAX_DISTINCT`` distinct.
+    """The ``columns`` of ``table`` worth dictionary encoding: those whose non-null values among
+    the first ``DICTIONARY_SAMPLE`` rows are at most a ``DICTIONARY_MAX_DISTINCT`` share distinct
+    (an all-null sample counts as repetitive).
     Dictionary-encoding distinct floats made the suite's tabular rows 6x slower to write, 1.4x
     bigger and 1.5x slower to read than plain pages."""
     sample = table.slice(0, DICTIONARY_SAMPLE)
