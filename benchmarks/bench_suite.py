@@ -74,7 +74,7 @@ READERS = (("sys_pyarrow", "pyarrow"), ("sys_pyarrow", "pyarrow-rg"), ("sys_tsfs
            ("sys_wds", "wds"), ("sys_wds", "wds-torch2"), ("sys_hf", "hf-numpy"), ("sys_hf", "hf-torch"))
 PETASTORM_READERS = ("petastorm-reader", "petastorm-batch")
 FULL = {"rows_image": 10_000, "rows_tabular": 50_000, "rows_tokens": 20_000, "budget_s": 20.0, "min_rep_s": 0.25,
-        "slow_s": 2.0, "ttfb_shards": 1000, "profile_s": 5.0, "profiles": 3}
+        "slow_s": 2.0, "ttfb_shards": 1000, "profile_s": 5.0, "profiles": 12}
 QUICK = {"rows_image": 300, "rows_tabular": 3000, "rows_tokens": 600, "budget_s": 1.5, "min_rep_s": 0.02,
          "slow_s": 0.3, "ttfb_shards": 100, "profile_s": 1.5, "profiles": 1}
 
@@ -278,7 +278,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    f"default {FULL['budget_s']:g} s)")
     p.add_argument("--ttfb-shards", type=int, help=f"shards of the time-to-first-batch copies (default "
                    f"{FULL['ttfb_shards']}; quick {QUICK['ttfb_shards']})")
-    p.add_argument("--profiles", type=int, help="tsfs profiles for missed targets, at most (default 3)")
+    p.add_argument("--profiles", type=int, help="tsfs profiles for missed targets, at most (default 12: every miss)")
     p.add_argument("--profile-s", type=float, help="seconds of repeated passes per profile (default 5)")
     p.add_argument("--dir", type=Path, default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
                    help="where the datasets go (default /dev/shm: tmpfs); a temporary folder inside, removed at the end")
