@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .encoding import arrow_schema, decode_column, storage_columns
+from .encoding import arrow_schema, decode_column, pad_rows, storage_columns
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .filemap import private_view
 from .manifest import Manifest
@@ -499,22 +499,39 @@ class Scanner:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Decoded batches. Where a second batch comes from the same table read, the rest of that
         table is decoded once and later batches are slices of it: decoding costs a fixed few
-        microseconds per column and call, which dominated batches of small rows."""
-        if self.pad_variable:  # the padded width is each batch's own
-            for t in self.iter_tables():
-                yield self.decode(t)
-            return
+        microseconds per column and call, which dominated batches of small rows. Padded
+        variable-shape fields are decoded flat that way too and padded per batch (the padded
+        width is each batch's own), as the loaders do."""
+        padded = {f.name: f for f in self._fields if f.is_variable} if self.pad_variable else {}
+        flat = self.flat_variable or self.pad_variable
+
+        def decode(table: pa.Table) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for f in self._fields:
+                out.update(decode_column(table, f, flat=flat))
+            return out
+
+        def pad(batch: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in batch.items():
+                if k in padded:
+                    out.update(pad_rows(v, padded[k]))  # values, then __shape: decode's order
+                else:
+                    out[k] = v
+            return out
+
         parent: pa.Table | None = None
         rest: dict[str, Any] | None = None
         base = 0
         for t, a, b in self._spans(cut=False):
             if t is not parent:
                 parent, rest = t, None
-                yield self.decode(t if a == 0 and b == t.num_rows else t.slice(a, b - a))
-                continue
-            if rest is None:
-                base, rest = a, self.decode(t.slice(a))
-            yield {k: v[a - base:b - base] for k, v in rest.items()}
+                batch = decode(t if a == 0 and b == t.num_rows else t.slice(a, b - a))
+            else:
+                if rest is None:
+                    base, rest = a, decode(t.slice(a))
+                batch = {k: v[a - base:b - base] for k, v in rest.items()}
+            yield pad(batch) if padded else batch
 
 
 def _column_bytes(pf: pq.ParquetFile, row_group: int, cols: list[str]) -> int:

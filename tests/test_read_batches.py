@@ -196,6 +196,17 @@ def test_batches_cut_from_one_decode_equal_batches_decoded_one_by_one(tmp_path, 
                     assert np.array_equal(got[k].lengths, [0 if r is None else r.size for r in want[k]])
                     values = got[k].values[got[k].offsets[0]:got[k].offsets[-1]]
                     assert np.array_equal(values, np.concatenate([r.reshape(-1) for r in live]) if live else [])
+            # pad_variable: decoded flat once, padded per batch; equal to padding each batch's own decode
+            padded = Scanner(ds.storage, ds.manifest, batch_size=bs, drop_last=drop_last, filter=flt,
+                             pad_variable=True)
+            one_by_one_padded = [padded.decode(t) for t in padded.iter_tables()]
+            cut_padded = list(Scanner(ds.storage, ds.manifest, batch_size=bs, drop_last=drop_last, filter=flt,
+                                      pad_variable=True))
+            assert len(cut_padded) == len(one_by_one_padded)
+            for got, want in zip(cut_padded, one_by_one_padded):
+                assert list(got) == list(want)
+                for k in want:
+                    assert _same(got[k], want[k]), ("pad", bs, drop_last, k)
             kept = ids[ids % 7 != 3] if filtered else ids
             rows = np.concatenate([b["id"] for b in cut]) if cut else np.zeros(0, np.int64)
             assert np.array_equal(rows, kept[:len(kept) // bs * bs] if drop_last else kept)
