@@ -1,7 +1,8 @@
 """Pieces shared by ``bench_core.py``, ``bench_loader.py`` and ``_petastorm_worker.py``.
 
-The benchmark dataset (constants, generator, tsfs schema), the reference Arrow -> numpy decode, the
-Spearman rank correlation and the ``/proc`` readers behind the peak-RSS numbers.
+The benchmark dataset (constants, generator, tsfs schema), the page-touching read every consumer
+does, the reference Arrow -> numpy decode, the Spearman rank correlation and the ``/proc`` readers
+behind the peak-RSS numbers.
 
 ``_petastorm_worker.py`` imports this module inside the Petastorm virtualenv (Python 3.11, numpy<2,
 pyarrow<15): keep module-level imports to the standard library, and import numpy, pyarrow and
@@ -19,6 +20,33 @@ EMB_DIM = 256
 ROW_NBYTES = 8 + 4 + 3 * 64 * 64 + 4 * EMB_DIM  # 13,324 payload bytes per row
 WRITE_BATCH_ROWS = 2048
 TENSORS = {"image": ("uint8", IMAGE_SHAPE), "embedding": ("float32", (EMB_DIM,))}
+
+
+PAGE_BYTES = 4096
+
+
+def touch_pages(a: Any) -> int:
+    """Read one byte of every 4 KiB of a numpy array's memory and return their sum.
+
+    Consumers read their batches through this, not one element a batch: a reader that hands out
+    views of memory-mapped files has copied nothing and faulted in nothing until somebody reads
+    the pages, so touching one element a column measured a loader that had not yet delivered its
+    data (on tmpfs, faulting in the core benchmark's 266 MB costs ~18 ms; an untouched epoch of
+    views took 11 ms). A training step reads every byte of its batch; one byte a page is the
+    cheapest read that makes every reader pay for its data being there. Object arrays (strings,
+    per-row arrays) touch their first element only (such rows are copies in every system here).
+    """
+    import numpy as np
+
+    a = np.asarray(a)
+    if a.size == 0:
+        return 0
+    if a.dtype == object:
+        first = a.reshape(-1)[0]
+        return touch_pages(first) if hasattr(first, "shape") else 0
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return int(a.reshape(-1).view(np.uint8)[::PAGE_BYTES].sum())
 
 
 # ------------------------------------------------------------------------------------------------

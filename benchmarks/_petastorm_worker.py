@@ -12,7 +12,7 @@ last line of stdout (``bench_suite.py`` uses ``suite-write`` / ``suite-read``, s
            pyarrow and yields its rows as dicts of numpy values (so both systems hold the same bytes).
 ``read``   ``make_reader`` + ``petastorm.pytorch.DataLoader`` over that dataset: warm-up epochs, then timed
            epochs (``reader.reset()`` between epochs, as petastorm's DataLoader does on a new pass), every
-           batch consumed like the tsfs one (one element of every tensor); peak RSS; optionally the shuffle
+           batch consumed like the tsfs one (every tensor read, one byte a page); peak RSS; optionally the shuffle
            quality of one epoch (the ``id`` column is the storage row id of the source data).
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 # _common imports only the standard library at module level (numpy / pyarrow inside functions), so it loads
 # in this virtualenv too. Spark tasks (``_rows_of_row_group``) must not use it: they are pickled by value
 # and run in Spark's Python workers, where benchmarks/ is not on sys.path.
-from _common import EMB_DIM, IMAGE_SHAPE, descendants, reset_hwm, spearman, status_kib
+from _common import EMB_DIM, IMAGE_SHAPE, descendants, reset_hwm, spearman, status_kib, touch_pages
 
 def unischema():
     import numpy as np
@@ -169,7 +169,7 @@ def cmd_read(args) -> dict:
             for v in b.values():
                 if len(v) != n:
                     raise AssertionError("ragged batch")
-                v.reshape(-1)[0].item()
+                touch_pages(v.numpy())
             if collect:
                 batches.append(b["id"].numpy().copy())
             rows += n

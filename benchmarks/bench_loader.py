@@ -6,7 +6,7 @@ Dataset: ``id int64`` (sorted 0..n-1), ``label int32`` (random 0..9), ``image ui
 unless ``--row-group-bytes`` / ``--shard-bytes``): 13,324 payload bytes a row, ~266 MB at 20k rows.
 
 Measures (each in a fresh *spawned* subprocess; median of ``--repeat`` timed epochs after ``--warmup``
-untimed ones; every batch consumed: each tensor's length checked and one element read):
+untimed ones; every batch consumed: each tensor's length checked and every page of it read):
 
 1. loader    ``TorchDataset(url, batch_size=256, shuffle=...)`` through
              ``torch.utils.data.DataLoader(ds, batch_size=None, num_workers=k)`` (``persistent_workers``
@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from _common import (EMB_DIM, IMAGE_SHAPE, ROW_NBYTES, WRITE_BATCH_ROWS, arrow_table_to_numpy, children, describe_row_groups,
-                     hwm_reset_ok, make_data, md_table, spearman, status_kib, tsfs_schema)
+                     hwm_reset_ok, make_data, md_table, spearman, status_kib, touch_pages, tsfs_schema)
 
 log = logging.getLogger("bench_loader")
 
@@ -151,7 +151,7 @@ class PeakRSS:
 # ------------------------------------------------------------------------------------------------
 
 def consume(batches, collect: str | None = None) -> tuple[int, int, list[Any]]:
-    """Touch every column of every batch (length check + one element each).
+    """Read every column of every batch (length check + one byte a page: ``_common.touch_pages``).
 
     Returns (rows, batches, collected ``collect`` column per batch as numpy)."""
     rows = nb = 0
@@ -162,7 +162,7 @@ def consume(batches, collect: str | None = None) -> tuple[int, int, list[Any]]:
             if len(a) != n:
                 raise AssertionError("ragged batch")
             if n:
-                a.reshape(-1)[0].item()
+                touch_pages(a.numpy() if hasattr(a, "numpy") else a)
         if collect is not None:
             c = b[collect]
             got.append(c.numpy().copy() if hasattr(c, "numpy") else c.copy())
@@ -708,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- batch_size {BATCH}; tsfs loaders: `DataLoader(TorchDataset(url, batch_size={BATCH}, shuffle=..., seed=0), "
         f"batch_size=None, num_workers=k, persistent_workers=k>0)`, workers started by {start_method!r}, median of {args.repeat} timed epochs after "
         f"{args.warmup} warm-up epoch(s) (worker start-up falls in the warm-up); every batch consumed (length of "
-        f"every tensor checked, one element of each read). Reference: same shard files, whole row groups, "
+        f"every tensor checked and read, one byte a page). Reference: same shard files, whole row groups, "
         f"main process, no torch conversion. 'ratio vs raw' of a loader row = median reference epoch time / "
         f"median loader epoch time, where every timed loader epoch is paired with a reference epoch run just "
         f"before it in the same process (so both see the same machine load); the reference row shows its own "

@@ -26,7 +26,7 @@ Each figure: median of ``--repeat`` repetitions after a warm-up, rows/s, GB/s, a
 pyarrow's figure from this run (for the shuffled read: pyarrow's sequential read). Where a target is
 missed, tsfs is profiled (py-spy, cProfile as fallback) and the top 15 functions are reported.
 
-Every read consumes every batch (each column's length checked, one element read) and verifies the
+Every read consumes every batch (each column's length checked, one byte of every page read) and verifies the
 rows (the ids: each row exactly once; for the filter exactly ``id < k``). A system that fails or is
 missing is reported as skipped/failed with the reason; the suite goes on.
 
@@ -485,7 +485,7 @@ def notes(args: argparse.Namespace, R: dict[str, Any]) -> list[str]:
         "`runs_s`).",
         f"Reads: batches of {BATCH} rows (raw pyarrow: whole row groups cut into {BATCH}-row views; pyarrow-rg, "
         "shown only: whole row groups); every batch consumed (each column's length "
-        "checked, one element of each read, ids copied) and verified after the timer (each row exactly once; the "
+        "checked, one byte of every 4 KiB of each read — list-of-rows columns: the first row —, ids copied) and verified after the timer (each row exactly once; the "
         "filter exactly id < n/100). Shuffle buffers: WebDataset `.shuffle(1000)` + shardshuffle, TFRecord "
         f"`.shuffle({SHUFFLE_BUFFER})` + file order, Petastorm `shuffle_row_groups=True` + `shuffling_queue_capacity="
         f"{SHUFFLE_BUFFER}`, HF `.shuffle(seed)` (full permutation via an indices mapping), h5py a full permutation "

@@ -5,7 +5,8 @@ Dataset: the core benchmark's rows (``id``, ``label``, ``image uint8 (3,64,64)``
 (256,)``; 13,324 payload bytes a row), written with library defaults to tmpfs, and the same rows
 exported with ``tensorstore_fs.converters.to_tfrecord`` (uncompressed, 4 files).
 
-Systems, each consuming batches of 256 (every tensor's batch dimension read):
+Systems, each consuming batches of 256 (every tensor's batch dimension checked and one byte of every
+4 KiB of it read: ``_common.touch_pages``; the torch adapter's batches are views of mapped files):
 
 * ``tf adapter``     ``make_tf_dataset(url, batch_size=256, shuffle=...)``: 1 reader thread, the same
                      with ``.prefetch(AUTOTUNE)``, and 2 reader threads (``num_workers=2``)
@@ -34,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import EMB_DIM, IMAGE_SHAPE, ROW_NBYTES, make_data, md_table, tsfs_schema  # noqa: E402
+from _common import EMB_DIM, IMAGE_SHAPE, ROW_NBYTES, make_data, md_table, touch_pages, tsfs_schema  # noqa: E402
 
 BATCH = 256
 
@@ -44,6 +45,8 @@ def consume_tf(ds) -> int:
     for b in ds:
         rows += int(b["image"].shape[0])
         assert b["embedding"].shape[0] == b["label"].shape[0] == b["image"].shape[0]
+        for v in b.values():
+            touch_pages(v)  # np.asarray inside: reads the tensor's own memory (.numpy() would copy it)
     return rows
 
 
@@ -52,6 +55,8 @@ def consume_torch(ds) -> int:
     for b in ds:
         rows += len(b["image"])
         assert len(b["embedding"]) == len(b["label"]) == len(b["image"])
+        for v in b.values():
+            touch_pages(v.numpy())  # shares the tensor's memory
     return rows
 
 

@@ -110,3 +110,56 @@ def test_flat_torch_batches_are_consumed_as_rows(suite):
     bad = dict(batch, **{"tokens__offsets": torch.tensor([0, 6])})
     with pytest.raises(AssertionError, match="tokens"):
         eat([bad], {"id": "id", "tokens": "tokens"})
+
+
+def _mapped_rss_kib(path: str) -> int:
+    """Resident KiB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                inside = line.rstrip("\n").endswith(path)
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps")
+def test_consumers_read_every_page_of_a_mapped_batch(suite, tmp_path):
+    # a batch that is a view of a memory-mapped file has cost nothing until its pages are read:
+    # the consumers read one byte of every 4 KiB, so every page is faulted in (one element a
+    # column, the old consumer, faulted in one page)
+    from _common import PAGE_BYTES, touch_pages
+    from suite import harness
+
+    a = np.zeros(10 * PAGE_BYTES + 7, np.uint8)
+    a[::PAGE_BYTES] = 1
+    assert touch_pages(a) == 11
+    assert touch_pages(a.view(np.uint8)[:0]) == 0
+    path = tmp_path / "pages"
+    pages = 4096  # 16 MiB
+    path.write_bytes(bytes(range(256)) * (pages * PAGE_BYTES // 256))
+    mapped = np.memmap(path, dtype=np.float32, mode="r").reshape(pages, -1)  # a row a page
+    assert _mapped_rss_kib(str(path)) == 0
+    harness.touch(mapped[:1])
+    # one page, and what the kernel maps around it: 64 KiB (fault-around) or a 2 MiB huge page (tmpfs)
+    assert _mapped_rss_kib(str(path)) <= 2048
+    harness.touch(mapped)
+    assert _mapped_rss_kib(str(path)) == pages * PAGE_BYTES // 1024
+
+
+def test_every_kind_of_batch_column_is_read(suite):
+    from _common import PAGE_BYTES
+    from suite import harness
+    from suite.data import Ragged
+
+    torch = pytest.importorskip("torch")
+    values = np.ones(3 * PAGE_BYTES, np.uint8)
+    columns = [values, torch.from_numpy(values), Ragged(values, np.array([0, 5, len(values)])),
+               [values[:5], values[5:]], np.array([values[:5], values[5:]], dtype=object),
+               torch.nested.nested_tensor([torch.ones(3), torch.ones(5)], layout=torch.jagged)]
+    for column in columns:
+        harness.touch(column)
+    with pytest.raises(TypeError, match="cannot touch"):
+        harness.touch({"not": "a column"})

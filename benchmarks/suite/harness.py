@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ (for _common)
-from _common import descendants, reset_hwm, spearman, status_kib  # noqa: E402
+from _common import descendants, reset_hwm, spearman, status_kib, touch_pages  # noqa: E402
 
 
 class Skip(Exception):
@@ -64,29 +64,27 @@ def length(v: Any) -> int:
 
 
 def touch(v: Any) -> None:
-    """Read one element of a column (so lazily produced data is really there)."""
+    """Read a column's memory, one byte every 4 KiB (``_common.touch_pages``), so data that a reader
+    produced lazily (views of memory-mapped files) is really there: numpy, torch (nested: its
+    values), tf (ragged: its flat values; read through ``np.asarray``, which shares the tensor's
+    memory, where ``.numpy()`` would copy it), flat ragged rows (their values). Lists of per-row
+    arrays: the first row."""
     mod = _module(v)
     if mod == "numpy":
-        if v.size:
-            x = v.reshape(-1)[0]
-            if v.dtype == object:  # ragged rows as an object array
-                touch(x)
+        touch_pages(v)
     elif mod == "torch":
         if v.is_nested:
             v = v.values()
-        if v.numel():
-            v.reshape(-1)[0].item()
+        touch_pages(v.numpy())
     elif mod == "tensorflow":
         if hasattr(v, "flat_values"):
             v = v.flat_values
-        a = v.numpy()
-        if a.size:
-            a.reshape(-1)[0]
-    elif isinstance(v, (list, tuple)) or hasattr(v, "offsets"):
-        if len(v):
-            first = v[0]
-            if hasattr(first, "shape"):
-                touch(first)
+        touch_pages(v)  # np.asarray inside: the tensor's own memory
+    elif hasattr(v, "offsets"):  # flat values + offsets (tsfs RaggedRows, the suite's Ragged)
+        touch(v.flat if hasattr(v, "flat") else v.values)
+    elif isinstance(v, (list, tuple)):
+        if len(v) and hasattr(v[0], "shape"):
+            touch(v[0])
     else:
         raise TypeError(f"cannot touch a {type(v)!r}")
 
@@ -111,7 +109,7 @@ class PassOut:
 def consume(batches: Iterable[Any], keys: dict[str, str], id_key: str | None = "id",
             limit: int | None = None) -> PassOut:
     """Touch every column named in ``keys`` (logical name -> key in the batch) of every batch:
-    each one's length must equal the batch's, one element of each is read; the id column is copied.
+    each one's length must equal the batch's, every page of each is read (:func:`touch`); the id column is copied.
     Stops after ``limit`` batches (time to first batch)."""
     rows = nb = 0
     ids: list | None = [] if id_key is not None else None
