@@ -36,6 +36,10 @@ SCHEMA = tsfs.Schema([
     tsfs.Field("score", "float64", nullable=True),
     tsfs.Field("name", "string", nullable=True),
 ])
+# each test takes seconds; a pipeline that waits forever should fail the run well before the
+# project-wide 10 minutes
+pytestmark = pytest.mark.timeout(120)
+
 FILTER = pc.field("label") < 7
 PREDICATE = tsfs.in_pseudorandom_split([0.6, 0.4], 0, "id")
 
