@@ -610,11 +610,11 @@ class PlannedStream:
                               ([skip] if skip else []) + [sum(r) for r in reads], 1)
             try:
                 if skip:
-                    next(it)
+                    self._next_read(it, shard)
                 for group in reads:
-                    rb = next(it, None)
+                    rb = self._next_read(it, shard)
                     if rb is None or rb.num_rows != sum(group):
-                        raise CorruptDatasetError(f"{self.ds.url}: shard {shard} holds fewer rows than its manifest says")
+                        raise CorruptDatasetError(f"{self._shard_url(shard)}: holds fewer rows than its manifest says")
                     decoded = _decode_writable(rb, [schema.field(c) for c in sliced],
                                                self.flat_variable or self.pad_variable)
                     offset = 0
@@ -632,6 +632,17 @@ class PlannedStream:
             finally:
                 it.close()
 
+    def _shard_url(self, shard: int) -> str:
+        return f"{self.ds.url}/{self.ds.shards[shard].path}"
+
+    def _next_read(self, it: Iterator[pa.RecordBatch], shard: int) -> pa.RecordBatch | None:
+        """The next batch ``read_batches`` decodes from shard file ``shard`` (None at its end); a
+        file pyarrow cannot decode is a :class:`CorruptDatasetError` naming it."""
+        try:
+            return next(it, None)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise CorruptDatasetError(f"{self._shard_url(shard)}: unreadable: {e}") from None
+
     def _read_unit(self, files: _Files, cache: dict[Any, "_Unit"], u: int, cols: list[str]) -> "_Unit":
         key = (u, tuple(cols))
         if key not in cache:
@@ -644,7 +655,7 @@ class PlannedStream:
             try:
                 table = pf.read_row_group(rg, columns=rest, use_threads=use_threads(pf, rg, rest)) if rest else pa.table({})
             except (pa.ArrowInvalid, OSError) as e:
-                raise CorruptDatasetError(f"{self.ds.url}: row group {u} unreadable: {e}") from None
+                raise CorruptDatasetError(f"{self._shard_url(shard)}: row group {rg} unreadable: {e}") from None
             cache[key] = _Unit(table, direct)
         return cache[key]
 

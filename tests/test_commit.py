@@ -217,6 +217,47 @@ def test_missing_or_replaced_shard_is_a_clear_error(tmp_path, reader):
         read()
 
 
+def _damage_column(path: str, column: str) -> None:
+    """Overwrite the compressed values of ``column``'s first chunk in a Parquet file."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    chunk = meta.row_group(0).column(meta.schema.names.index(column))
+    half = chunk.total_compressed_size // 2  # past the page header (with its statistics)
+    with open(path, "r+b") as fh:
+        fh.seek(chunk.data_page_offset + half)
+        fh.write(b"\xff" * (chunk.total_compressed_size - half))
+
+
+@pytest.mark.parametrize("reader", ["to_batches", "torch", "torch-shuffle", "torch-2-workers", "tf"])
+def test_a_damaged_shard_is_a_clear_error_naming_its_file(tmp_path, reader):
+    """Found in review: the loaders' sequential reads let pyarrow's bare OSError ("Corrupt snappy
+    compressed data") through, naming no file; every read path names the file now."""
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), batch(0, 4000), SCHEMA, row_group_bytes=20_000, shard_bytes=60_000)
+    assert len(ds.files) > 2
+    _damage_column(ds.files[1], "id")
+    pattern = r"ds/data/part-.*-00001\.parquet: (row group 0 )?unreadable: "
+    if reader == "tf":
+        tf = pytest.importorskip("tensorflow")
+        from tensorstore_fs.readers.tf import make_tf_dataset
+
+        # tf.data hands a Python error on as a TensorFlow error whose message is ours
+        with pytest.raises(tf.errors.OpError, match="CorruptDatasetError: .*" + pattern):
+            list(make_tf_dataset(ds, batch_size=64))
+        return
+    if reader == "to_batches":
+        batches = ds.to_batches(batch_size=64)
+    else:
+        from torch.utils.data import DataLoader
+
+        from tensorstore_fs.readers.torch import TorchDataset
+
+        batches = DataLoader(TorchDataset(ds, batch_size=64, shuffle=reader == "torch-shuffle"), batch_size=None,
+                             num_workers=2 if reader == "torch-2-workers" else 0)
+    with pytest.raises(tsfs.CorruptDatasetError, match=pattern):
+        list(batches)
+
+
 @pytest.mark.parametrize("where", ["local", "memory"])
 def test_shards_are_pre_buffered_only_where_reads_have_latency(tmp_path, monkeypatch, where):
     """pyarrow's pre-buffering hands each column chunk of a memory-mapped file to its I/O threads
