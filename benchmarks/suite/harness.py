@@ -109,7 +109,8 @@ class PassOut:
 def consume(batches: Iterable[Any], keys: dict[str, str], id_key: str | None = "id",
             limit: int | None = None) -> PassOut:
     """Touch every column named in ``keys`` (logical name -> key in the batch) of every batch:
-    each one's length must equal the batch's, every page of each is read (:func:`touch`); the id column is copied.
+    each one's length must equal the batch's, every page of each is read (:func:`touch`); the id
+    column is copied.
     Stops after ``limit`` batches (time to first batch)."""
     rows = nb = 0
     ids: list | None = [] if id_key is not None else None
