@@ -61,6 +61,43 @@ class ScanStats:
     opened_paths: list[str] = field(default_factory=list)
 
 
+_CHECKED_FILES: "weakref.WeakSet[pq.ParquetFile]" = weakref.WeakSet()  # open shards found as recorded
+
+
+def check_shard_file(pf: pq.ParquetFile, info: Any, where: str, expected: pa.Schema) -> None:
+    """Refuse a shard file that is not the one its manifest entry ``info`` records (replaced or
+    truncated after the commit): its row groups must hold the recorded rows, since every reader
+    locates rows by that layout, and it must have every column of ``expected`` (the dataset's
+    storage schema) with that type, so that nothing is decoded as what it is not. An open file
+    passes once: shard files never change, and readers keep files open across scans."""
+    if pf in _CHECKED_FILES:
+        return
+    md = pf.metadata
+    counts = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    if counts != [g.rows for g in info.row_groups]:
+        raise CorruptDatasetError(
+            f"{where}: file has {md.num_rows} rows in {md.num_row_groups} row groups, "
+            f"manifest says {info.rows} rows in {len(info.row_groups)}"
+        )
+    got = {f.name: f.type for f in pf.schema_arrow}
+    for f in expected:
+        have = got.get(f.name)
+        if have is None:
+            raise CorruptDatasetError(f"{where}: no column {f.name!r} in the file (the schema stores it as {f.type})")
+        if not _same_storage_type(f.type, have):
+            raise CorruptDatasetError(f"{where}: column {f.name!r} is {have} in the file, the schema stores {f.type}")
+    _CHECKED_FILES.add(pf)
+
+
+def _same_storage_type(want: pa.DataType, have: pa.DataType) -> bool:
+    """Whether a file column of type ``have`` decodes as ``want``: equal, or the other width of a
+    string / bytes scalar column (their offsets are never read directly)."""
+    if want == have:
+        return True
+    strings, binaries = (pa.string(), pa.large_string()), (pa.binary(), pa.large_binary())
+    return (want in strings and have in strings) or (want == pa.binary() and have in binaries)
+
+
 def all_row_groups(manifest: Manifest) -> list[RowGroupRef]:
     out = []
     first = 0
@@ -444,14 +481,7 @@ class Scanner:
         yield table
 
     def _check_file(self, pf: pq.ParquetFile, shard: int, rel: str) -> None:
-        info = self.manifest.shards[shard]
-        md = pf.metadata
-        counts = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
-        if counts != [g.rows for g in info.row_groups]:
-            raise CorruptDatasetError(
-                f"{self.storage.url}/{rel}: file has {md.num_rows} rows in {md.num_row_groups} row groups, "
-                f"manifest says {info.rows} rows in {len(info.row_groups)}"
-            )
+        check_shard_file(pf, self.manifest.shards[shard], f"{self.storage.url}/{rel}", self._arrow_schema)
 
     def _spans(self, cut: bool) -> Iterator[tuple[pa.Table, int, int]]:
         """``(table, start, stop)``: each batch of exactly ``batch_size`` rows (the last may be

@@ -27,7 +27,7 @@ from .pages import plain_values_offset
 from .predicates import Predicate
 from .ragged import RaggedRows
 from .schema import Field
-from .scan import Scanner, all_row_groups, read_batches, use_threads
+from .scan import Scanner, all_row_groups, check_shard_file, read_batches, use_threads
 from .world import World
 
 __all__ = ["Selection", "PlannedStream", "StreamState", "open_stream", "window_rows", "check_num_epochs", "PAD_COLUMN", "ROW_ID_COLUMN", "STATE_FORMAT"]
@@ -98,8 +98,14 @@ class _Files:
         if shard not in self._open:
             if len(self._open) >= 4:
                 self.close_one()
-            rel = self.ds.shards[shard].path
-            self._open[shard] = self.ds.storage.open_parquet(rel)
+            info = self.ds.shards[shard]
+            opened = self.ds.storage.open_parquet(info.path)
+            try:
+                check_shard_file(opened[0], info, f"{self.ds.url}/{info.path}", self.ds.storage_schema)
+            except CorruptDatasetError:
+                opened[1].close()
+                raise
+            self._open[shard] = opened
         return self._open[shard][0]
 
     def source(self, shard: int) -> Any:

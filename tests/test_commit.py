@@ -258,6 +258,82 @@ def test_a_damaged_shard_is_a_clear_error_naming_its_file(tmp_path, reader):
         list(batches)
 
 
+def _read_all(ds, reader: str) -> int:
+    """Rows delivered by one of the library's readers (every read path)."""
+    if reader == "tf":
+        from tensorstore_fs.readers.tf import make_tf_dataset
+
+        return sum(int(b["id"].shape[0]) for b in make_tf_dataset(ds, batch_size=64))
+    if reader == "to_batches":
+        return sum(len(b["id"]) for b in ds.to_batches(batch_size=64))
+    from torch.utils.data import DataLoader
+
+    from tensorstore_fs.readers.torch import TorchDataset
+
+    loader = DataLoader(TorchDataset(ds, batch_size=64, shuffle=reader == "torch-shuffle"), batch_size=None,
+                        num_workers=2 if reader == "torch-2-workers" else 0)
+    return sum(len(b["id"]) for b in loader)
+
+
+REPLACED_SHARDS = {  # a valid Parquet file with the recorded row groups (4 x 256 rows) but other contents
+    "missing column": (lambda n: {"id": np.arange(n)}, r"no column 'x' in the file \(the schema stores it as "
+                       r"fixed_size_binary\[64\]\)"),
+    "tensor width": (lambda n: {"id": np.arange(n), "x": pa_fsb(32, n)},
+                     r"column 'x' is fixed_size_binary\[32\] in the file, the schema stores fixed_size_binary\[64\]"),
+    "scalar type": (lambda n: {"id": np.arange(n, dtype=np.float64), "x": pa_fsb(64, n)},
+                    r"column 'id' is double in the file, the schema stores int64"),
+}
+
+
+def pa_fsb(width: int, n: int):
+    import pyarrow as pa
+
+    return pa.array([bytes(width)] * n, pa.binary(width))
+
+
+@pytest.mark.parametrize("reader", ["to_batches", "torch", "torch-shuffle", "torch-2-workers", "tf"])
+@pytest.mark.parametrize("case", [*REPLACED_SHARDS, "row groups"])
+def test_a_replaced_shard_is_refused_by_every_reader(tmp_path, case, reader):
+    """Found in review: the loaders read a shard file whose row groups differ from the manifest's
+    into an IndexError, and one whose columns have other types into a TypeError, a KeyError or
+    (shuffled) silently cast values; every reader now checks a file against the manifest and the
+    schema when it opens it, and names it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if reader == "tf":
+        tf = pytest.importorskip("tensorflow")
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), batch(0, 4000), SCHEMA, row_group_bytes=20_000, shard_bytes=60_000)
+    layout = [g.rows for g in ds.shards[1].row_groups]
+    assert layout == [256] * 4
+    if case == "row groups":
+        columns, match = {"id": np.arange(5), "x": pa_fsb(64, 5)}, r"file has 5 rows in 1 row groups, manifest says 1024 rows in 4"
+    else:
+        make, match = REPLACED_SHARDS[case]
+        columns = make(1024)
+    pq.write_table(pa.table(columns), ds.files[1], row_group_size=256)
+    match = r"ds/data/part-.*-00001\.parquet: " + match
+    with pytest.raises(tf.errors.OpError if reader == "tf" else tsfs.CorruptDatasetError, match=match):
+        _read_all(tsfs.open_dataset(ds.url), reader)
+
+
+def test_a_shard_rewritten_with_the_other_string_width_still_reads(tmp_path):
+    # string and bytes scalars decode the same from either offset width (other writers pick either)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("name", "string"), tsfs.Field("blob", "bytes")])
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(8), "name": [f"n{i}" for i in range(8)],
+                                                    "blob": [bytes([i]) for i in range(8)]}, schema)
+    table = pq.read_table(ds.files[0])
+    wide = pa.table({"id": table["id"], "name": table["name"].cast(pa.large_string()),
+                     "blob": table["blob"].cast(pa.large_binary())})
+    pq.write_table(wide, ds.files[0])
+    got = tsfs.open_dataset(ds.url).head(8)
+    assert list(got["name"]) == [f"n{i}" for i in range(8)]
+    assert list(got["blob"]) == [bytes([i]) for i in range(8)]
+
+
 @pytest.mark.parametrize("where", ["local", "memory"])
 def test_shards_are_pre_buffered_only_where_reads_have_latency(tmp_path, monkeypatch, where):
     """pyarrow's pre-buffering hands each column chunk of a memory-mapped file to its I/O threads
