@@ -127,6 +127,11 @@ class TFReader:
     Each pass over :meth:`dataset` reads the next ``num_epochs`` epochs (so Keras ``fit(epochs=N)``
     sees a new order every epoch). Nullable fields arrive filled with zeros / empty strings plus a
     boolean ``<name>__valid``; ``remainder="pad"`` adds the boolean ``__pad__``.
+
+    Arguments are checked here (:class:`~tensorstore_fs.InvalidArgumentError`). A shard that turns
+    out missing or unreadable while the pipeline runs raises where the batch is asked for, as
+    TensorFlow hands on Python errors: a ``tf.errors.OpError`` whose message carries ours
+    (``CorruptDatasetError: <file>: ...``, ``DatasetNotFoundError: ...``).
     """
 
     def __init__(
