@@ -149,6 +149,26 @@ def test_consumers_read_every_page_of_a_mapped_batch(suite, tmp_path):
     assert _mapped_rss_kib(str(path)) == pages * PAGE_BYTES // 1024
 
 
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps")
+def test_flat_ragged_batches_read_their_own_rows_only(suite, tmp_path):
+    # a batch of flat ragged rows may share a whole read's values with the batches after it: the
+    # consumer reads the batch's own range (reading all of it each batch had charged readers that
+    # decode a read at once, tsfs and the raw reference, once per batch for the whole read)
+    from _common import PAGE_BYTES
+    from suite import harness
+    from suite.data import Ragged
+
+    pages = 4096  # 16 MiB; 1 KiB a row
+    path = tmp_path / "values"
+    path.write_bytes(bytes(pages * PAGE_BYTES))
+    flat = np.memmap(path, dtype=np.int32, mode="r")
+    offsets = np.arange(0, len(flat) + 1, 256)  # rows of 256 values
+    batch = Ragged(flat, offsets[8192:8192 + 1024 + 1])  # 1,024 rows (1 MiB) from the 8 MiB mark on
+    harness.touch(batch)
+    kib = _mapped_rss_kib(str(path))
+    assert 1024 <= kib <= 1024 + 2 * 2048  # its MiB (and at most a huge page either side), not 16 MiB
+
+
 def test_every_kind_of_batch_column_is_read(suite):
     from _common import PAGE_BYTES
     from suite import harness

@@ -67,8 +67,8 @@ def touch(v: Any) -> None:
     """Read a column's memory, one byte every 4 KiB (``_common.touch_pages``), so data that a reader
     produced lazily (views of memory-mapped files) is really there: numpy, torch (nested: its
     values), tf (ragged: its flat values; read through ``np.asarray``, which shares the tensor's
-    memory, where ``.numpy()`` would copy it), flat ragged rows (their values). Lists of per-row
-    arrays: the first row."""
+    memory, where ``.numpy()`` would copy it), flat ragged rows (their values between their first
+    and last offset). Lists of per-row arrays: the first row."""
     mod = _module(v)
     if mod == "numpy":
         touch_pages(v)
@@ -80,8 +80,10 @@ def touch(v: Any) -> None:
         if hasattr(v, "flat_values"):
             v = v.flat_values
         touch_pages(v)  # np.asarray inside: the tensor's own memory
-    elif hasattr(v, "offsets"):  # flat values + offsets (tsfs RaggedRows, the suite's Ragged)
-        touch(v.flat if hasattr(v, "flat") else v.values)
+    elif hasattr(v, "offsets"):  # flat values + offsets (tsfs RaggedRows, the suite's Ragged): the
+        # batch's own rows; the values may be a whole read's, which later batches slice too
+        if len(v.offsets):
+            touch((v.flat if hasattr(v, "flat") else v.values)[int(v.offsets[0]):int(v.offsets[-1])])
     elif isinstance(v, (list, tuple)):
         if len(v) and hasattr(v[0], "shape"):
             touch(v[0])
