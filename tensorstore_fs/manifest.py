@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = "tensorstore_fs.manifest"
 MANIFEST_FORMAT_VERSION = 1
 META_DIR = "_tsfs"
+SHARD_DIR = "data"  # every shard file a manifest names lies under <root>/data/
 LATEST = f"{META_DIR}/_latest"
 
 
@@ -77,6 +78,11 @@ class ShardInfo:
     version_added: int = 0
 
     def __post_init__(self) -> None:
+        parts = self.path.split("/")
+        if len(parts) < 2 or parts[0] != SHARD_DIR or any(p in ("", ".", "..") for p in parts) or "\\" in self.path:
+            # a manifest names files inside its dataset's data/ folder, nothing else: a crafted one
+            # must not make a reader open (or verify, or export) files elsewhere
+            raise CorruptDatasetError(f"shard path {self.path!r}: not a relative path inside {SHARD_DIR}/")
         if sum(rg.rows for rg in self.row_groups) != self.rows:
             raise CorruptDatasetError(
                 f"shard {self.path}: row groups hold {sum(rg.rows for rg in self.row_groups)} rows, "
@@ -168,9 +174,9 @@ class Manifest:
                 created_at=d.get("created_at", ""),
                 writer=d.get("writer", ""),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, CorruptDatasetError) as e:
             if isinstance(e, CorruptDatasetError):
-                raise
+                raise CorruptDatasetError(f"{where}: {e}") from None
             raise CorruptDatasetError(f"{where} is malformed: {type(e).__name__}: {e}") from None
         return m
 

@@ -20,7 +20,8 @@ from .errors import (
     InvalidArgumentError,
     SchemaError,
 )
-from .manifest import Manifest, RowGroupInfo, ShardInfo, commit_manifest, latest_version, load_manifest, now_iso
+from .manifest import (SHARD_DIR, Manifest, RowGroupInfo, ShardInfo, commit_manifest, latest_version, load_manifest,
+                       now_iso)
 from .schema import Schema
 from .storage import Storage
 
@@ -291,7 +292,7 @@ class DatasetWriter:
 
     def _open_shard(self, first: pa.Table) -> None:
         seq = len(self._shards)
-        self._cur_path = f"data/part-{self._writer_id}-{seq:05d}.parquet"
+        self._cur_path = f"{SHARD_DIR}/part-{self._writer_id}-{seq:05d}.parquet"
         self._file = self.storage.open_output(self._cur_path)
         self._written_paths.append(self._cur_path)
         assert self.schema is not None

@@ -217,6 +217,27 @@ def test_missing_or_replaced_shard_is_a_clear_error(tmp_path, reader):
         read()
 
 
+@pytest.mark.parametrize("path", ["../outside.parquet", "/tmp/outside.parquet", "data/../../outside.parquet",
+                                  "data//x.parquet", "data", "other/x.parquet", "data\\..\\x.parquet"])
+def test_a_manifest_cannot_name_files_outside_the_dataset(tmp_path, path):
+    """A crafted manifest (with a valid checksum: it guards against damage, not against an author)
+    must not make a reader open, verify or export a file outside the dataset's data/ folder."""
+    from tensorstore_fs.manifest import _body_crc
+
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), batch(0, 10), SCHEMA)
+    os.makedirs(tmp_path / "tmp", exist_ok=True)
+    with open(ds.files[0], "rb") as src, open(tmp_path / "outside.parquet", "wb") as dst:
+        dst.write(src.read())  # a real shard there: only the path may give the crafted manifest away
+    mpath = tmp_path / "ds" / manifest_path(1)
+    body = json.loads(mpath.read_bytes())
+    body.pop("checksum")
+    body["shards"][0]["path"] = path
+    body["checksum"] = f"{_body_crc(body):08x}"
+    mpath.write_text(json.dumps(body))
+    with pytest.raises(tsfs.CorruptDatasetError, match=r"manifest-0000000001\.json.*: shard path .*not a relative path inside data/"):
+        tsfs.open_dataset(str(tmp_path / "ds"))
+
+
 def _damage_column(path: str, column: str) -> None:
     """Overwrite the compressed values of ``column``'s first chunk in a Parquet file."""
     import pyarrow.parquet as pq
