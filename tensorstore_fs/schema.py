@@ -38,6 +38,7 @@ DTYPES: dict[str, np.dtype] = {
     "bytes": np.dtype("object"),
 }
 
+MAX_FIXED_ROW_BYTES = 2**31 - 1  # a fixed-shape row is one fixed_len_byte_array value (int32 length)
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 RESERVED_PREFIX = "__"
 
@@ -134,6 +135,12 @@ class Field:
         if self.dtype in ("string", "bytes") and self.shape != ():
             raise SchemaError(
                 f"field {self.name!r}: dtype {self.dtype} supports only scalar shape (), got {self.shape}"
+            )
+        if self.shape and not self.is_variable and self.row_nbytes > MAX_FIXED_ROW_BYTES:
+            raise SchemaError(
+                f"field {self.name!r}: a row of shape {self.shape} {self.dtype} is {self.row_nbytes:,} bytes; "
+                f"a fixed-shape tensor row holds at most {MAX_FIXED_ROW_BYTES:,} (Parquet's fixed_len_byte_array "
+                "length is an int32): give the large dimension as None (variable shape) or split the field"
             )
 
     # -- derived properties -------------------------------------------------------------------

@@ -133,3 +133,16 @@ def test_infer_schema_from_columns_and_rows():
 def test_infer_schema_errors(data, match):
     with pytest.raises(tsfs.SchemaError, match=match):
         tsfs.infer_schema(data)
+
+
+def test_fixed_rows_over_parquets_value_limit_are_refused_up_front():
+    # a fixed-shape row is one fixed_len_byte_array value, whose length is an int32: larger rows
+    # were an OverflowError from pyarrow when the first batch was written
+    from tensorstore_fs.schema import MAX_FIXED_ROW_BYTES
+
+    assert tsfs.Field("x", "uint8", (MAX_FIXED_ROW_BYTES,)).row_nbytes == MAX_FIXED_ROW_BYTES
+    for dtype, shape in (("uint8", (MAX_FIXED_ROW_BYTES + 1,)), ("float32", (2**20, 2**20)), ("int16", (2**30,))):
+        with pytest.raises(tsfs.SchemaError, match=r"field 'x': a row of shape .* bytes; a fixed-shape tensor row "
+                                                   r"holds at most 2,147,483,647"):
+            tsfs.Field("x", dtype, shape)
+    assert tsfs.Field("x", "float32", (None, 2**20)).is_variable  # a variable shape has no such limit
