@@ -90,10 +90,13 @@ def check_shard_file(pf: pq.ParquetFile, info: Any, where: str, expected: pa.Sch
 
 
 def _same_storage_type(want: pa.DataType, have: pa.DataType) -> bool:
-    """Whether a file column of type ``have`` decodes as ``want``: equal, or the other width of a
-    string / bytes scalar column (their offsets are never read directly)."""
+    """Whether a file column of type ``have`` decodes as ``want``: equal, the other width of a
+    string / bytes scalar column (their offsets are never read directly), or a shape column whose
+    list items are declared non-nullable (they are never null)."""
     if want == have:
         return True
+    if pa.types.is_fixed_size_list(want) and pa.types.is_fixed_size_list(have):
+        return want.list_size == have.list_size and want.value_type == have.value_type
     strings, binaries = (pa.string(), pa.large_string()), (pa.binary(), pa.large_binary())
     return (want in strings and have in strings) or (want == pa.binary() and have in binaries)
 

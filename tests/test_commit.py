@@ -355,6 +355,21 @@ def test_a_shard_rewritten_with_the_other_string_width_still_reads(tmp_path):
     assert list(got["blob"]) == [bytes([i]) for i in range(8)]
 
 
+def test_a_shape_column_with_non_nullable_items_still_reads(tmp_path):
+    # other writers may declare the shape lists' items non-nullable (they never are null)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("t", "int32", (None,))])
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(4), "t": [np.arange(i) for i in range(4)]}, schema)
+    table = pq.read_table(ds.files[0])
+    strict = pa.list_(pa.field("element", pa.int32(), nullable=False), 1)
+    pq.write_table(table.set_column(2, "__shape__t", table["__shape__t"].cast(strict)), ds.files[0])
+    assert pq.read_schema(ds.files[0]).field("__shape__t").type.value_field.nullable is False
+    rows = tsfs.open_dataset(ds.url).head(4)["t"]
+    assert [list(r) for r in rows] == [list(range(i)) for i in range(4)]
+
+
 @pytest.mark.parametrize("where", ["local", "memory"])
 def test_shards_are_pre_buffered_only_where_reads_have_latency(tmp_path, monkeypatch, where):
     """pyarrow's pre-buffering hands each column chunk of a memory-mapped file to its I/O threads
