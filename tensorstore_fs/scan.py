@@ -101,6 +101,21 @@ def _same_storage_type(want: pa.DataType, have: pa.DataType) -> bool:
     return (want in strings and have in strings) or (want == pa.binary() and have in binaries)
 
 
+def resolve_columns(schema: Schema, columns: Sequence[str] | None) -> list[str]:
+    """The field names a reader returns: all for None, else ``columns`` checked against ``schema``."""
+    if columns is None:
+        return list(schema.names)
+    if isinstance(columns, str):
+        raise InvalidArgumentError(f"columns must be a list of field names, got the string {columns!r}")
+    names = list(columns)
+    if not names:
+        raise InvalidArgumentError("columns must name at least one field (or be None for all)")
+    for c in names:
+        if c not in schema:
+            raise InvalidArgumentError(f"unknown column {c!r}; dataset fields are {schema.names}")
+    return names
+
+
 def all_row_groups(manifest: Manifest) -> list[RowGroupRef]:
     out = []
     first = 0
@@ -235,17 +250,7 @@ class Scanner:
         if pad_variable and flat_variable:
             raise InvalidArgumentError("pad_variable and flat_variable are exclusive: variable-shape rows are "
                                        "either padded or flat values plus offsets")
-        if columns is None:
-            names = schema.names
-        else:
-            if isinstance(columns, str):
-                raise InvalidArgumentError(f"columns must be a list of field names, got the string {columns!r}")
-            names = list(columns)
-            if not names:
-                raise InvalidArgumentError("columns must name at least one field (or be None for all)")
-            for c in names:
-                if c not in schema:
-                    raise InvalidArgumentError(f"unknown column {c!r}; dataset fields are {schema.names}")
+        names = resolve_columns(schema, columns)
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
         if filter is not None and not isinstance(filter, pc.Expression):

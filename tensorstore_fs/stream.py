@@ -27,7 +27,7 @@ from .pages import plain_values_offset
 from .predicates import Predicate
 from .ragged import RaggedRows
 from .schema import Field
-from .scan import Scanner, all_row_groups, check_shard_file, read_batches, use_threads
+from .scan import Scanner, all_row_groups, check_shard_file, read_batches, resolve_columns, use_threads
 from .world import World
 
 __all__ = ["Selection", "PlannedStream", "StreamState", "open_stream", "window_rows", "check_num_epochs", "PAD_COLUMN", "ROW_ID_COLUMN", "STATE_FORMAT"]
@@ -292,12 +292,7 @@ class PlannedStream:
                  *, pad_variable: bool = False, with_row_ids: bool = False, flat_variable: bool = False) -> None:
         self.ds = ds
         self.spec = spec
-        self.columns = list(columns) if columns is not None else ds.schema.names
-        for c in self.columns:
-            if c not in ds.schema:
-                raise InvalidArgumentError(f"unknown column {c!r}; dataset fields are {ds.schema.names}")
-        if not self.columns:
-            raise InvalidArgumentError("columns must name at least one field (or be None for all)")
+        self.columns = resolve_columns(ds.schema, columns)
         self.selection = selection
         self.pad_variable = pad_variable
         self.flat_variable = flat_variable

@@ -281,6 +281,11 @@ def test_bad_arguments(url):
         TFReader(url, rank=0, world_size=2, input_context=Ctx())
     with pytest.raises(tsfs.InvalidArgumentError, match="unknown column"):
         TFReader(url, columns=["nope"])
+    # a column name as a bare string was read letter by letter ("unknown column 'l'")
+    with pytest.raises(tsfs.InvalidArgumentError, match="columns must be a list of field names, got the string 'label'"):
+        TFReader(url, columns="label")
+    with pytest.raises(tsfs.InvalidArgumentError, match="columns must name at least one field"):
+        TFReader(url, columns=[])
     reader = TFReader(url, batch_size=10)
     with pytest.raises(tsfs.InvalidArgumentError, match="stream state"):
         reader.load_state_dict({"format": "something else"})

@@ -624,6 +624,14 @@ def test_resume_stateful_dataloader(url):
     exactly_once([nxt])
 
 
+def test_column_arguments_are_checked_like_the_scanners(url):
+    # a column name as a bare string was read letter by letter ("unknown column 'i'")
+    for columns, match in (("id", "columns must be a list of field names, got the string 'id'"),
+                           ([], "columns must name at least one field"), (["nope"], "unknown column 'nope'")):
+        with pytest.raises(tsfs.InvalidArgumentError, match=match):
+            TorchDataset(url, columns=columns)
+
+
 def test_resume_rejects_bad_states(url, tmp_path):
     path = str(tmp_path / "small")
     tsfs.write_dataset(path, columns_of(np.arange(100)), SCHEMA, row_group_bytes=3000)
