@@ -624,6 +624,19 @@ def test_resume_stateful_dataloader(url):
     exactly_once([nxt])
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_dataloader_that_would_batch_the_batches_again_is_refused(url, num_workers):
+    # DataLoader(TorchDataset(...)) without batch_size=None stacked batches into an extra leading
+    # dimension ((1, 16, ...) with the DataLoader's default batch_size=1), silently
+    for kw in ({}, {"batch_size": 4}):
+        loader = DataLoader(TorchDataset(url, batch_size=16), num_workers=num_workers, **kw)
+        with pytest.raises(tsfs.InvalidArgumentError, match=r"about to stack \d+ TorchDataset batches into one: .* "
+                                                           r"create the DataLoader with batch_size=None"):
+            next(iter(loader))
+    batch = next(iter(DataLoader(TorchDataset(url, batch_size=16), batch_size=None, num_workers=num_workers)))
+    assert isinstance(batch, dict) and batch["id"].shape == (16,)
+
+
 def test_column_arguments_are_checked_like_the_scanners(url):
     # a column name as a bare string was read letter by letter ("unknown column 'i'")
     for columns, match in (("id", "columns must be a list of field names, got the string 'id'"),

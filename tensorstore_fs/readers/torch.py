@@ -24,6 +24,7 @@ from typing import Any, Collection, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from ..dataset import Dataset
 from ..errors import InvalidArgumentError
@@ -34,7 +35,7 @@ from .. import _ring
 from ..filemap import FileRows
 from ..stream import DEFAULT_WINDOW_BYTES, StreamState, check_num_epochs, open_stream
 
-__all__ = ["TorchDataset", "to_torch"]
+__all__ = ["TorchBatch", "TorchDataset", "to_torch"]
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +224,28 @@ def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection
         else:
             out[name] = v
     return out
+
+
+class TorchBatch(dict):
+    """What :class:`TorchDataset` yields: a dict of tensors (and lists), already a whole batch.
+
+    Its own type tells the DataLoader's default collation that it must not be batched again:
+    ``DataLoader(TorchDataset(...))`` without ``batch_size=None`` would otherwise stack batches
+    into an extra leading dimension (``(1, 256, ...)`` with the DataLoader's default
+    ``batch_size=1``) and a model would fail far from the cause, or not fail at all.
+    """
+
+    __slots__ = ()
+
+
+def _refuse_collation(batch: Sequence[TorchBatch], *, collate_fn_map: Any = None) -> Any:
+    raise InvalidArgumentError(
+        f"the DataLoader was about to stack {len(batch)} TorchDataset batches into one: TorchDataset yields whole "
+        "batches (its own batch_size=...), so create the DataLoader with batch_size=None")
+
+
+# torch's documented extension point: default_collate looks a batch element's exact type up here
+default_collate_fn_map[TorchBatch] = _refuse_collation
 
 
 INLINE_BYTES = 64 << 10  # dense tensors of a batch up to this size travel inside its pickle
@@ -429,7 +452,7 @@ class TorchDataset(IterableDataset):
                 converted = to_torch(batch, self.variable, self._jagged, defer_files=in_worker)
                 if in_worker and self._file_backed and _ring.available():
                     converted = gather_in_worker(converted)
-                yield share_batch(converted) if in_worker else converted
+                yield TorchBatch(share_batch(converted) if in_worker else converted)
             # Advance lazily: a worker that finished its share while other workers still read this
             # epoch must save "epoch e, all my batches" (not "epoch e + 1, nothing"), or a
             # StatefulDataLoader restore would make it read the whole next epoch into this one.
