@@ -515,8 +515,12 @@ class PlannedStream:
                 out.append(name)
         return tuple(out)
 
+    def shard_path(self, shard: int) -> str:
+        """The local path of shard ``shard`` (as :class:`~tensorstore_fs.filemap.FileRows` name it)."""
+        return os.path.abspath(self.ds.storage.path(self.ds.shards[shard].path))
+
     def _unit_path(self, u: int) -> str:
-        return os.path.abspath(self.ds.storage.path(self.ds.shards[int(self._unit_shard[u])].path))
+        return self.shard_path(int(self._unit_shard[u]))
 
     def _mapped_rows(self, name: str, first: int, n: int, maps: dict[Any, np.ndarray]) -> np.ndarray:
         """Rows ``[first, first + n)`` (storage order, no filter) of a located column as views of

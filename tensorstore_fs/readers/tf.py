@@ -14,9 +14,12 @@ two adapters yield the same rows in the same order for the same arguments.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import threading
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -25,6 +28,7 @@ import tensorflow as tf
 
 from .._pool import ALIGN, aligned_empty
 from ..dataset import Dataset
+from ..filemap import FileRows
 from ..errors import InvalidArgumentError
 from ..plan import PlanSpec
 from ..predicates import Predicate
@@ -33,12 +37,14 @@ from ..schema import Field
 from ..stream import (
     DEFAULT_WINDOW_BYTES,
     PAD_COLUMN,
+    READ_BYTES,
     ROW_ID_COLUMN,
     PlannedStream,
     StreamState,
     check_num_epochs,
     open_stream,
 )
+from . import _tf_native
 
 __all__ = ["TFReader", "make_tf_dataset"]
 
@@ -46,6 +52,30 @@ logger = logging.getLogger(__name__)
 
 VARIABLE_MODES = ("ragged", "pad")
 VALID_SUFFIX = "__valid"
+
+# Interpreter exit with a pipeline still running (``num_epochs=None``, a prefetch): TensorFlow's
+# threads keep calling the Python chunk function, and once Python is finalizing they wait forever
+# for the GIL while the iterator's destructor waits for them -- the process never exits. So at
+# exit every reader ends its passes (the chunk function answers "no more" at once) and the
+# calls already running are let finish first.
+_READERS: "weakref.WeakSet[TFReader]" = weakref.WeakSet()
+_EXITING = threading.Event()
+EXIT_QUIET_S = 0.05  # no chunk call running for this long: the pipelines have drained
+EXIT_WAIT_S = 5.0
+
+
+def _drain_at_exit() -> None:
+    _EXITING.set()
+    start = quiet = time.monotonic()
+    while time.monotonic() - start < EXIT_WAIT_S:
+        if any(r._in_flight for r in list(_READERS)):
+            quiet = time.monotonic()
+        elif time.monotonic() - quiet >= EXIT_QUIET_S:
+            return
+        time.sleep(0.002)  # the GIL is free meanwhile: waiting calls run and see _EXITING
+
+
+atexit.register(_drain_at_exit)
 
 
 @dataclass(frozen=True)
@@ -121,6 +151,13 @@ class TFReader:
         Variable-shape fields as ``tf.RaggedTensor`` (default) or zero-padded plus ``<name>__shape``.
     window_bytes, with_row_ids, version, storage_options
         As in ``TorchDataset``.
+    native : bool, optional
+        Fixed-shape tensor columns of local datasets are copied out of the shard files by a
+        TensorFlow kernel (``_tf_gather.cc``, compiled on first use; see
+        :mod:`tensorstore_fs.readers._tf_native`) while Python only plans and decodes the other
+        columns. ``None`` (default): when it is available; ``False``: always through Python;
+        ``True``: require it (:class:`~tensorstore_fs.InvalidArgumentError` when it cannot be
+        built or the dataset is not local). The batches are the same either way.
 
     Notes
     -----
@@ -156,7 +193,10 @@ class TFReader:
         with_row_ids: bool = False,
         version: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        native: bool | None = None,
     ) -> None:
+        if native not in (None, True, False):
+            raise InvalidArgumentError(f"native must be None, True or False, got {native!r}")
         if variable not in VARIABLE_MODES:
             raise InvalidArgumentError(f"variable must be one of {VARIABLE_MODES}, got {variable!r}")
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
@@ -183,9 +223,15 @@ class TFReader:
         self._epoch = 0
         self._history: tuple = ()
         self._passes = [0] * num_workers  # passes over the tf.data.Dataset each worker thread started
+        self._native_op, self._native = self._native_columns(native)
         self._streams = [copy.copy(self.stream) for _ in range(num_workers)]  # own files per thread
+        for s in self._streams:
+            s.file_backed = bool(self._native)  # native columns come as FileRows (where they are)
+        self._shard_index = {self.stream.shard_path(i): i for i in range(len(self.stream.ds.shards))} if self._native else {}
         self._iters: list[Iterator[dict[str, Any]] | None] = [None] * num_workers
         self._sig = self._signature()
+        self._in_flight = 0  # chunk calls running now (see _drain_at_exit)
+        _READERS.add(self)
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -222,12 +268,43 @@ class TFReader:
         full = self.stream.plan(e + 1, self.world_size).num_batches(self.rank)
         return first + full * (self.num_epochs - 1)
 
+    def _native_columns(self, native: bool | None) -> tuple[Any, dict[str, Field]]:
+        """``(op module, fields it reads)``: the fixed-shape, non-nullable, non-bool tensor fields
+        (those :mod:`tensorstore_fs.pages` can locate) when the native gather is used."""
+        if native is False:
+            return None, {}
+        fields = {f.name: f for f in self._fields if f.is_fixed_tensor and not f.nullable and f.dtype != "bool"}
+        if not self.stream.ds.storage.is_local:
+            if native:
+                raise InvalidArgumentError(f"native=True needs a local dataset; {self.stream.ds.url} is not")
+            return None, {}
+        if not fields and not native:
+            return None, {}
+        op = _tf_native.load()
+        if op is None:
+            if native:
+                raise InvalidArgumentError(f"native=True, but the native row gather is unavailable: "
+                                           f"{_tf_native.unavailable_reason()}")
+            return None, {}
+        return op, fields
+
+    @property
+    def native(self) -> bool:
+        """Whether fixed-shape tensor columns are gathered by the native kernel."""
+        return self._native_op is not None
+
     # -- element spec -----------------------------------------------------------------------------
     def _signature(self) -> dict[str, tf.TensorSpec]:
-        """What the Python generator yields (ragged fields as their components)."""
+        """What the Python generator yields (ragged fields as their components; native fields as
+        ``<name>/file``, ``<name>/offset`` of each row, or ``<name>/inline`` rows where the
+        column could not be located in the files)."""
         sig: dict[str, tf.TensorSpec] = {}
         for f in self._fields:
-            if f.name in self._ragged:
+            if f.name in self._native:
+                sig[f.name + "/file"] = tf.TensorSpec((None,), tf.int32)
+                sig[f.name + "/offset"] = tf.TensorSpec((None,), tf.int64)
+                sig[f.name + "/inline"] = tf.TensorSpec((None,) + tuple(f.shape), _tf_dtype(f))
+            elif f.name in self._ragged:
                 sig.update(self._ragged[f.name].signature())
             else:
                 sig[f.name] = tf.TensorSpec((None,) + tuple(f.shape), _tf_dtype(f))
@@ -258,6 +335,9 @@ class TFReader:
         for f in self._fields:
             v = batch[f.name]
             valid = None
+            if f.name in self._native:
+                out.update(self._where(f, v))
+                continue
             if f.name in self._ragged:
                 out.update(self._ragged[f.name].components(v, f.numpy_dtype))
                 if f.nullable:
@@ -281,6 +361,42 @@ class TFReader:
                 out[k] = batch[k]
         return out
 
+    def _where(self, f: Field, v: FileRows | np.ndarray) -> dict[str, np.ndarray]:
+        """A native field's batch part: the file and byte offset of every row, or the rows
+        themselves where the stream decoded them (a row group stored otherwise)."""
+        if isinstance(v, FileRows):
+            files = np.array([self._shard_index[p] for p in v.paths], dtype=np.int32)
+            offsets = np.asarray(v.offsets, dtype=np.int64)[v.segment] + v.rows * v.row_nbytes
+            inline = np.zeros((0, *f.shape), f.numpy_dtype)
+            return {f.name + "/file": files[v.segment], f.name + "/offset": offsets, f.name + "/inline": inline}
+        return {f.name + "/file": np.zeros(0, np.int32), f.name + "/offset": np.zeros(0, np.int64),
+                f.name + "/inline": v}
+
+    def _materialize(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Graph side of native fields: gather each one's rows from the files (or pass on the
+        inline rows), keeping the other entries as they are."""
+        paths = tf.constant([self.stream.shard_path(i) for i in range(len(self.stream.ds.shards))])
+        out: dict[str, Any] = {}
+        for key, v in batch.items():
+            name, _, part = key.rpartition("/")
+            if name not in self._native:
+                out[key] = v
+            elif part == "file":
+                f = self._native[name]
+                out[name] = self._native_op.tsfs_gather_rows(
+                    paths, v, batch[name + "/offset"], batch[name + "/inline"], row_shape=list(f.shape))
+        return out
+
+    def _chunk_rows(self, stream: PlannedStream) -> int:
+        """Rows of one Python call: about ``READ_BYTES`` of what Python itself decodes (native
+        fields travel as 12 bytes a row), a whole number of batches."""
+        rows = stream.read_rows
+        if self._native:
+            row_bytes = max(1, stream.ds.nbytes // max(1, len(stream.ds)))
+            python_bytes = max(1, row_bytes - sum(f.row_nbytes for f in self._native.values()))
+            rows = min(READ_BYTES // (python_bytes + 12 * len(self._native)), 64 * self.spec.batch_size)
+        return max(1, rows // self.spec.batch_size) * self.spec.batch_size
+
     def _generate(self, worker: int) -> Iterator[tuple[dict[str, Any], list[int]]]:
         """One pass of plan worker ``worker``: ``(chunk of consecutive batches, batch sizes)``."""
         with self._lock:
@@ -290,7 +406,7 @@ class TFReader:
         stream: PlannedStream = self._streams[worker]
         first = self._epoch + n * self._epochs_per_pass
         epochs = range(first, first + self.num_epochs) if self.num_epochs is not None else _count(first)
-        chunk_rows = max(1, stream.read_rows // self.spec.batch_size) * self.spec.batch_size
+        chunk_rows = self._chunk_rows(stream)
         for epoch in epochs:
             plan, source, skip, _ = stream.resume_plan(epoch, self.world_size, history, self.rank, worker,
                                                        self.num_workers)
@@ -303,13 +419,24 @@ class TFReader:
         """py_function body: the next chunk of plan worker ``worker`` as tensors, its batch sizes
         and a "more" flag. Index 0 starts a new pass (the next epoch); an exhausted pass returns
         empty tensors and False."""
-        w = int(worker)
-        if int(index) == 0:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return self._next_chunk(int(worker), int(index))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _next_chunk(self, w: int, index: int) -> list[tf.Tensor]:
+        if _EXITING.is_set():  # the interpreter is exiting: end the pass (see _drain_at_exit)
+            self._iters[w] = None
+        elif index == 0:
             self._iters[w] = self._generate(w)
         item = next(self._iters[w], None) if self._iters[w] is not None else None
         if item is None:
             self._iters[w] = None
-            empty = [tf.zeros((0,) + tuple(s.shape[1:]), s.dtype) for s in self._sig.values()]
+            # (a padded variable field's dimensions are None in the signature: 0 here)
+            empty = [tf.zeros((0,) + tuple(d or 0 for d in s.shape[1:]), s.dtype) for s in self._sig.values()]
             return empty + [tf.zeros((0,), tf.int64), tf.constant(False)]
         chunk, sizes = item
         tensors = [_to_tensor(chunk[k], s.dtype) for k, s in self._sig.items()]
@@ -323,35 +450,44 @@ class TFReader:
         dtypes = [s.dtype for s in sig.values()] + [tf.int64, tf.bool]
 
         @tf.autograph.experimental.do_not_convert
-        def fetch(index: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+        def fetch(index: tf.Tensor) -> tuple[dict[str, Any], tf.Tensor]:
             out = tf.py_function(self._fetch, [worker, index], dtypes)
             chunk = {}
             for (k, s), t in zip(sig.items(), out):
                 t.set_shape(s.shape)
                 chunk[k] = t
-            out[-2].set_shape((None,))
-            out[-1].set_shape(())
-            return chunk, out[-2], out[-1]
+            sizes, more = out[-2], out[-1]
+            sizes.set_shape((None,))
+            more.set_shape(())
+            # a chunk holds k batches of one size b (see PlannedStream.iter_chunks): view it as
+            # (k, b, ...) and let from_tensor_slices hand out the batches (the end of a pass is
+            # an empty chunk: k = 0). Cut here, not in a map of its own: every function of the
+            # pipeline costs ~4 ms of graph optimisation each time an iterator is made (an epoch)
+            k = tf.size(sizes, out_type=tf.int64)
+            b = tf.concat([sizes, tf.ones((1,), tf.int64)], 0)[0]
+            split: dict[str, Any] = {}
+            for key, v in self._assemble(chunk).items():
+                if isinstance(v, tf.RaggedTensor):
+                    split[key] = tf.RaggedTensor.from_uniform_row_length(v, b, validate=False)
+                    continue
+                shape = tf.shape(v, out_type=tf.int64)
+                if key.rpartition("/")[0] in self._native:  # empty where the other form is used
+                    rows = shape[0] // tf.maximum(k, 1)
+                else:
+                    rows = b
+                split[key] = tf.reshape(v, tf.concat([[k, rows], shape[1:]], 0))
+                split[key].set_shape((None, None) + tuple(v.shape[1:]))
+            return split, more
 
         @tf.autograph.experimental.do_not_convert
-        def has_more(chunk: dict, sizes: tf.Tensor, more: tf.Tensor) -> tf.Tensor:
+        def has_more(chunk: dict, more: tf.Tensor) -> tf.Tensor:
             return more
 
         @tf.autograph.experimental.do_not_convert
-        def split(chunk: dict, sizes: tf.Tensor, more: tf.Tensor) -> dict[str, Any]:
-            # a chunk holds k batches of one size b (see PlannedStream.iter_chunks): view it as
-            # (k, b, ...) and let from_tensor_slices hand out the batches
-            k, b = tf.size(sizes, out_type=tf.int64), sizes[0]
-            out: dict[str, Any] = {}
-            for key, v in self._assemble(chunk).items():
-                if isinstance(v, tf.RaggedTensor):
-                    out[key] = tf.RaggedTensor.from_uniform_row_length(v, b, validate=False)
-                else:
-                    out[key] = tf.reshape(v, tf.concat([[k, b], tf.shape(v, out_type=tf.int64)[1:]], 0))
-                    out[key].set_shape((None, None) + tuple(v.shape[1:]))
-            return out
+        def batches(chunk: dict, more: tf.Tensor) -> tf.data.Dataset:
+            return tf.data.Dataset.from_tensor_slices(chunk)
 
-        return tf.data.Dataset.counter().map(fetch).take_while(has_more).map(split).flat_map(tf.data.Dataset.from_tensor_slices)
+        return tf.data.Dataset.counter().map(fetch).take_while(has_more).flat_map(batches)
 
     def dataset(self) -> tf.data.Dataset:
         """The ``tf.data.Dataset`` of batches (dicts of tensors, ``element_spec`` from the schema).
@@ -364,6 +500,10 @@ class TFReader:
             ds = tf.data.Dataset.range(self.num_workers).interleave(
                 self._worker_dataset, cycle_length=self.num_workers, block_length=1,
                 num_parallel_calls=self.num_workers, deterministic=True)
+        if self._native:
+            # the copies run ahead on TensorFlow's threads while the training step uses a batch
+            ds = ds.map(tf.autograph.experimental.do_not_convert(self._materialize),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
         if self.num_epochs is not None and not self._history:
             ds = ds.apply(tf.data.experimental.assert_cardinality(len(self)))
         return ds
