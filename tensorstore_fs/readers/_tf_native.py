@@ -3,8 +3,8 @@
 Fixed-shape tensor columns of local shards are plain runs of bytes in the files
 (:mod:`tensorstore_fs.pages`). With this kernel the adapter's Python side only says where a
 batch's rows are; TensorFlow's own threads copy them out of kept read-only maps into recycled
-output memory — no Python call, no GIL and no fresh-page faults per batch. A sequential epoch of
-the tf benchmark went from ~80 ms to ~45 ms (see ``benchmarks/results/tf.md``).
+output memory — no Python call, no GIL and no fresh-page faults per batch. In the tf benchmark a
+running pass's sequential epoch went from ~61 ms to ~38 ms (``benchmarks/results/tf.md``).
 
 The kernel is compiled once per TensorFlow build and source against the installed TensorFlow's
 headers (``tf.sysconfig``; about 6 s with g++) into ``$TSFS_CACHE_DIR`` (default
