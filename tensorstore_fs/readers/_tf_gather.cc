@@ -73,6 +73,10 @@ class RecyclingAllocator : public Allocator {
     if (ptr == nullptr) return;
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sizes_.find(ptr);
+    if (it == sizes_.end()) {  // not ours (never happens): hand it back to the C library
+      std::free(ptr);
+      return;
+    }
     size_t size = it->second;
     sizes_.erase(it);
     if (free_bytes_ + size <= kKeepFreeBytes) {

@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from .._pool import ALIGN, aligned_empty
 from ..dataset import Dataset
-from ..filemap import FileRows
 from ..errors import InvalidArgumentError
+from ..filemap import FileRows
 from ..plan import PlanSpec
 from ..predicates import Predicate
 from ..ragged import RaggedRows
@@ -492,8 +492,10 @@ class TFReader:
     def dataset(self) -> tf.data.Dataset:
         """The ``tf.data.Dataset`` of batches (dicts of tensors, ``element_spec`` from the schema).
 
-        Batches cross into TensorFlow without a copy where TensorFlow can use the memory as it is
-        (C-contiguous, writable, 64-byte aligned: the usual case); otherwise one aligned copy."""
+        Columns Python decodes cross into TensorFlow without a copy where TensorFlow can use the
+        memory as it is (C-contiguous, writable, 64-byte aligned: the usual case), otherwise with
+        one aligned copy; with the native gather, fixed-shape tensor columns are copied once,
+        from the shard files into the batch, by TensorFlow's threads."""
         if self.num_workers == 1:
             ds = self._worker_dataset(tf.constant(0, tf.int64))
         else:
