@@ -60,15 +60,20 @@ VALID_SUFFIX = "__valid"
 # calls already running are let finish first.
 _READERS: "weakref.WeakSet[TFReader]" = weakref.WeakSet()
 _EXITING = threading.Event()
-EXIT_QUIET_S = 0.05  # no chunk call running for this long: the pipelines have drained
+# no chunk call running for this long: the pipelines have drained (a process that still holds a
+# reader pays this once at exit; a pass may be starting between two calls, so it is not skipped)
+EXIT_QUIET_S = 0.05
 EXIT_WAIT_S = 5.0
 
 
 def _drain_at_exit() -> None:
     _EXITING.set()
+    readers = list(_READERS)
+    if not readers:
+        return  # no reader alive: nothing can call back into Python
     start = quiet = time.monotonic()
     while time.monotonic() - start < EXIT_WAIT_S:
-        if any(r._in_flight for r in list(_READERS)):
+        if any(r._in_flight for r in readers):
             quiet = time.monotonic()
         elif time.monotonic() - quiet >= EXIT_QUIET_S:
             return
