@@ -225,3 +225,18 @@ def test_process_exits_with_a_pipeline_still_running(url, native):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["320"]
+
+
+def test_unwritable_cache_falls_back_to_python(url, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("TSFS_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    _tf_native.reset()
+    try:
+        with caplog.at_level(logging.WARNING, logger="tensorstore_fs.readers._tf_native"):
+            reader = TFReader(url, batch_size=100)
+        assert not reader.native
+        assert "cannot write the build to" in caplog.text and "TSFS_CACHE_DIR" in caplog.text
+        assert sum(int(b["id"].shape[0]) for b in reader.dataset()) == N
+    finally:
+        _tf_native.reset()

@@ -56,8 +56,11 @@ def _build(tf: Any) -> tuple[Any | None, str]:
     if not target.exists():
         if shutil.which(cxx) is None:
             return None, f"no C++ compiler ({cxx!r} is not on PATH; set CXX)"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".so.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".so.tmp")
+        except OSError as exc:
+            return None, f"cannot write the build to {target.parent} ({exc}); set TSFS_CACHE_DIR"
         os.close(fd)
         cmd = [cxx, "-shared", "-fPIC", "-O2", "-w", str(SOURCE), "-o", tmp, *compile_flags, *link_flags]
         logger.info("building the tf.data row gather: %s", " ".join(cmd))
