@@ -475,13 +475,14 @@ class TFReader:
                 if isinstance(v, tf.RaggedTensor):
                     split[key] = tf.RaggedTensor.from_uniform_row_length(v, b, validate=False)
                     continue
-                shape = tf.shape(v, out_type=tf.int64)
+                inner = tuple(v.shape[1:])
                 if key.rpartition("/")[0] in self._native:  # empty where the other form is used
-                    rows = shape[0] // tf.maximum(k, 1)
-                else:
-                    rows = b
-                split[key] = tf.reshape(v, tf.concat([[k, rows], shape[1:]], 0))
-                split[key].set_shape((None, None) + tuple(v.shape[1:]))
+                    split[key] = tf.reshape(v, [k, tf.shape(v, out_type=tf.int64)[0] // tf.maximum(k, 1), *inner])
+                elif None in inner:  # a padded variable field
+                    split[key] = tf.reshape(v, tf.concat([[k, b], tf.shape(v, out_type=tf.int64)[1:]], 0))
+                else:  # static inner shape: fewer graph nodes to optimise per iterator
+                    split[key] = tf.reshape(v, [k, b, *inner])
+                split[key].set_shape((None, None) + inner)
             return split, more
 
         @tf.autograph.experimental.do_not_convert
@@ -492,7 +493,8 @@ class TFReader:
         def batches(chunk: dict, more: tf.Tensor) -> tf.data.Dataset:
             return tf.data.Dataset.from_tensor_slices(chunk)
 
-        return tf.data.Dataset.counter().map(fetch).take_while(has_more).flat_map(batches)
+        # range, not counter(): counter is a scan, one more function to optimise per iterator
+        return tf.data.Dataset.range(2**62).map(fetch).take_while(has_more).flat_map(batches)
 
     def dataset(self) -> tf.data.Dataset:
         """The ``tf.data.Dataset`` of batches (dicts of tensors, ``element_spec`` from the schema).
