@@ -235,6 +235,10 @@ class TFReader:
         self._shard_index = {self.stream.shard_path(i): i for i in range(len(self.stream.ds.shards))} if self._native else {}
         self._iters: list[Iterator[dict[str, Any]] | None] = [None] * num_workers
         self._sig = self._signature()
+        # what crosses per chunk: ragged components flat, every other entry already cut into
+        # (batches, batch size, ...) by NumPy (a free view), so the graph only slices
+        self._chunk_sig = {k: s if k.split("/", 1)[0] in self._ragged else tf.TensorSpec((None,) + tuple(s.shape), s.dtype)
+                           for k, s in self._sig.items()}
         self._in_flight = 0  # chunk calls running now (see _drain_at_exit)
         _READERS.add(self)
 
@@ -441,17 +445,20 @@ class TFReader:
         if item is None:
             self._iters[w] = None
             # (a padded variable field's dimensions are None in the signature: 0 here)
-            empty = [tf.zeros((0,) + tuple(d or 0 for d in s.shape[1:]), s.dtype) for s in self._sig.values()]
+            empty = [tf.zeros((0,) + tuple(d or 0 for d in s.shape[1:]), s.dtype) for s in self._chunk_sig.values()]
             return empty + [tf.zeros((0,), tf.int64), tf.constant(False)]
         chunk, sizes = item
-        tensors = [_to_tensor(chunk[k], s.dtype) for k, s in self._sig.items()]
+        k = len(sizes)  # batches of one size (see PlannedStream.iter_chunks); rows // k per batch
+        tensors = [_to_tensor(chunk[key] if key.split("/", 1)[0] in self._ragged else
+                              chunk[key].reshape((k, len(chunk[key]) // k) + chunk[key].shape[1:]), s.dtype)
+                   for key, s in self._chunk_sig.items()]
         return tensors + [tf.constant(sizes, tf.int64), tf.constant(True)]
 
     def _worker_dataset(self, worker: Any) -> tf.data.Dataset:
         """Plan worker ``worker``'s batches: chunks of equal-size batches cross from Python in one
         call and are cut into batches inside tf.data: ``flat_map(from_tensor_slices)`` hands out
         views of the chunk (``unbatch`` copies every batch: a sequential epoch took 1.46x as long)."""
-        sig = self._sig
+        sig = self._chunk_sig
         dtypes = [s.dtype for s in sig.values()] + [tf.int64, tf.bool]
 
         @tf.autograph.experimental.do_not_convert
@@ -464,25 +471,15 @@ class TFReader:
             sizes, more = out[-2], out[-1]
             sizes.set_shape((None,))
             more.set_shape(())
-            # a chunk holds k batches of one size b (see PlannedStream.iter_chunks): view it as
-            # (k, b, ...) and let from_tensor_slices hand out the batches (the end of a pass is
-            # an empty chunk: k = 0). Cut here, not in a map of its own: every function of the
-            # pipeline costs ~4 ms of graph optimisation each time an iterator is made (an epoch)
-            k = tf.size(sizes, out_type=tf.int64)
+            # a chunk holds k batches of one size b (see PlannedStream.iter_chunks), each entry
+            # already (k, b, ...) but ragged fields, cut here; from_tensor_slices hands out the
+            # batches (the end of a pass is an empty chunk: k = 0). Every function of the pipeline
+            # is optimised each time an iterator is made (an epoch): the less graph, the sooner
             b = tf.concat([sizes, tf.ones((1,), tf.int64)], 0)[0]
             split: dict[str, Any] = {}
             for key, v in self._assemble(chunk).items():
-                if isinstance(v, tf.RaggedTensor):
-                    split[key] = tf.RaggedTensor.from_uniform_row_length(v, b, validate=False)
-                    continue
-                inner = tuple(v.shape[1:])
-                if key.rpartition("/")[0] in self._native:  # empty where the other form is used
-                    split[key] = tf.reshape(v, [k, tf.shape(v, out_type=tf.int64)[0] // tf.maximum(k, 1), *inner])
-                elif None in inner:  # a padded variable field
-                    split[key] = tf.reshape(v, tf.concat([[k, b], tf.shape(v, out_type=tf.int64)[1:]], 0))
-                else:  # static inner shape: fewer graph nodes to optimise per iterator
-                    split[key] = tf.reshape(v, [k, b, *inner])
-                split[key].set_shape((None, None) + inner)
+                split[key] = tf.RaggedTensor.from_uniform_row_length(v, b, validate=False) if isinstance(
+                    v, tf.RaggedTensor) else v
             return split, more
 
         @tf.autograph.experimental.do_not_convert
