@@ -52,10 +52,10 @@ logger = logging.getLogger(__name__)
 
 VARIABLE_MODES = ("ragged", "pad")
 VALID_SUFFIX = "__valid"
-# Native gathers in flight and batches gathered ahead. Fixed, not AUTOTUNE: over 5-epoch passes of
-# the tf benchmark AUTOTUNE (and 2 with 3-4 ahead) took 63 ms an epoch, 2 and 2 took 42-46 ms
-# (steady state 34-41 ms either way): the copies are bound by memory bandwidth, which 2 threads
-# fill, and more batches ahead only push the batch being read out of the CPU caches.
+# Native gathers in flight and batches gathered ahead, fixed: the copies are bound by memory
+# bandwidth, which 2 threads fill, and the memory held ahead stays small and known. (On the 2-core
+# benchmark VM, AUTOTUNE and this setting both read 41-46 or 63 ms an epoch from one process to the
+# next, with the same CPU time: README, tf.data benchmark.)
 GATHER_PARALLEL = 2
 GATHER_PREFETCH = 2
 
