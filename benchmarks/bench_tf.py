@@ -99,7 +99,7 @@ def tfrecord_pipeline(tf, paths: list[str], epochs: int):
             .map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
-def steady_state(tf, url: str, repeat: int, make_tf_dataset, TorchDataset, warm: int = 20) -> str:
+def steady_state(url: str, repeat: int, make_tf_dataset, TorchDataset, warm: int = 20) -> str:
     """The steady-state table: ms per epoch once a pass is running (no iterator start in it)."""
     rows = {}
     for shuffle in (False, True):
@@ -109,7 +109,7 @@ def steady_state(tf, url: str, repeat: int, make_tf_dataset, TorchDataset, warm:
             url, batch_size=BATCH, shuffle=shuffle, num_epochs=None, native=False))
         rows[f"torch adapter (num_workers=0), {tag}"] = (
             consume_torch, TorchDataset(url, batch_size=BATCH, shuffle=shuffle, num_epochs=None))
-    per_epoch = -(-len(TorchDataset(url, batch_size=BATCH, num_epochs=1)) // 1)
+    per_epoch = len(TorchDataset(url, batch_size=BATCH, num_epochs=1))
     times: dict[str, list[float]] = {k: [] for k in rows}
     for r in range(repeat + 1):
         for name, (consume, source) in rows.items():
@@ -183,7 +183,7 @@ def main() -> int:
                 if r:  # round 0 warms caches and traces tf functions
                     times[name].append(dt)
                     firsts[name].append(first[0] - t0)
-        steady = steady_state(tf, url, args.repeat, make_tf_dataset, TorchDataset)
+        steady = steady_state(url, args.repeat, make_tf_dataset, TorchDataset)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows_s = {k: total / v for k, v in med.items()}
     lines = []

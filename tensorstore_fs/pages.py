@@ -15,9 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["plain_values_offset"]
+__all__ = ["locatable", "plain_values_offset"]
 
 _DATA_PAGE = 0
+
+
+def locatable(field: Any) -> bool:
+    """Whether readers may look for ``field``'s raw values in the files (the one rule every reader
+    uses): fixed-shape, non-nullable tensors (a null row has no bytes of its own), not ``bool``
+    (stored one byte per element and decoded, never handed out as stored bytes)."""
+    return bool(field.is_fixed_tensor and not field.nullable and field.dtype != "bool")
 _PLAIN = 0
 
 

@@ -25,7 +25,7 @@ from .encoding import arrow_schema, decode_column, pad_rows, storage_columns
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .filemap import private_view
 from .manifest import Manifest
-from .pages import plain_values_offset
+from .pages import locatable, plain_values_offset
 from .predicates import Predicate
 from .schema import Schema
 from .storage import Storage
@@ -397,7 +397,7 @@ class Scanner:
         for name in self.columns:
             f = self.schema.field(name)
             index = arrow.get_field_index(name)
-            if f.is_fixed_tensor and not f.nullable and f.dtype != "bool" and index >= 0:
+            if locatable(f) and index >= 0:
                 fixed[name] = (index, f.row_nbytes, f.numpy_dtype.itemsize)
         if not fixed:
             return None

@@ -23,7 +23,7 @@ from ._pool import RecyclingPool as _RecyclingPool
 from .filemap import FileRows, private_view
 from .errors import CorruptDatasetError, InvalidArgumentError
 from .plan import EpochPlan, PlanSpec, Segment
-from .pages import plain_values_offset
+from .pages import locatable, plain_values_offset
 from .predicates import Predicate
 from .ragged import RaggedRows
 from .schema import Field
@@ -510,7 +510,7 @@ class PlannedStream:
         out = []
         for name in self.columns if among is None else among:
             f = self.ds.schema.field(name)
-            if f.is_fixed_tensor and not f.nullable and f.dtype != "bool" and all(
+            if locatable(f) and all(
                     self._chunk_offset(files, int(u), name) is not None for u in units):
                 out.append(name)
         return tuple(out)

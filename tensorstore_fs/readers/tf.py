@@ -30,6 +30,7 @@ from .._pool import ALIGN, aligned_empty
 from ..dataset import Dataset
 from ..errors import InvalidArgumentError
 from ..filemap import FileRows
+from ..pages import locatable
 from ..plan import PlanSpec
 from ..predicates import Predicate
 from ..ragged import RaggedRows
@@ -284,11 +285,11 @@ class TFReader:
         return first + full * (self.num_epochs - 1)
 
     def _native_columns(self, native: bool | None) -> tuple[Any, dict[str, Field]]:
-        """``(op module, fields it reads)``: the fixed-shape, non-nullable, non-bool tensor fields
-        (those :mod:`tensorstore_fs.pages` can locate) when the native gather is used."""
+        """``(op module, fields it reads)``: the fields the stream locates in the files
+        (:func:`tensorstore_fs.pages.locatable`) when the native gather is used."""
         if native is False:
             return None, {}
-        fields = {f.name: f for f in self._fields if f.is_fixed_tensor and not f.nullable and f.dtype != "bool"}
+        fields = {f.name: f for f in self._fields if locatable(f)}
         if not self.stream.ds.storage.is_local:
             if native:
                 raise InvalidArgumentError(f"native=True needs a local dataset; {self.stream.ds.url} is not")
