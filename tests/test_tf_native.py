@@ -153,32 +153,47 @@ def test_rows_that_cannot_be_located_travel_inline(tmp_path, native_op):
         assert_same(batches(fast.dataset()), batches(slow.dataset()))
 
 
-def test_unavailable_gather_falls_back_to_python_with_a_warning(url, tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("TSFS_CACHE_DIR", str(tmp_path / "cache"))  # nothing built there
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+@pytest.fixture
+def rebuilt(monkeypatch):
+    """``monkeypatch`` for the environment of the next build; the loaded gather is forgotten
+    before and after the test (so later tests load the real one again)."""
     _tf_native.reset()
-    try:
-        with caplog.at_level(logging.WARNING, logger="tensorstore_fs.readers._tf_native"):
-            reader = TFReader(url, batch_size=100)
-        assert not reader.native
-        assert "no C++ compiler" in caplog.text and "no-such-compiler" in caplog.text
-        assert sum(int(b["id"].shape[0]) for b in reader.dataset()) == N
-        with pytest.raises(tsfs.InvalidArgumentError, match="native=True, but the native row gather is unavailable: "
-                                                            "no C.. compiler"):
-            TFReader(url, batch_size=100, native=True)
-    finally:
-        _tf_native.reset()
+    yield monkeypatch
+    _tf_native.reset()
 
 
-def test_switched_off_by_environment(url, monkeypatch, caplog):
-    monkeypatch.setenv("TSFS_TF_NATIVE", "0")
-    _tf_native.reset()
-    try:
-        with caplog.at_level(logging.WARNING):
-            assert not TFReader(url, batch_size=100).native
-        assert "unavailable" not in caplog.text  # asked for: no warning
-    finally:
-        _tf_native.reset()
+def falls_back(url: str, caplog, *why: str) -> None:
+    """A reader built now reads through Python, with a warning saying ``why`` (nothing when
+    ``why`` is empty: switched off on purpose), and still reads every row."""
+    with caplog.at_level(logging.WARNING, logger="tensorstore_fs.readers._tf_native"):
+        reader = TFReader(url, batch_size=100)
+    assert not reader.native
+    for text in why:
+        assert text in caplog.text
+    if not why:
+        assert "unavailable" not in caplog.text
+    assert sum(int(b["id"].shape[0]) for b in reader.dataset()) == N
+
+
+def test_unavailable_gather_falls_back_to_python_with_a_warning(url, tmp_path, rebuilt, caplog):
+    rebuilt.setenv("TSFS_CACHE_DIR", str(tmp_path / "cache"))  # nothing built there
+    rebuilt.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    falls_back(url, caplog, "no C++ compiler", "no-such-compiler")
+    with pytest.raises(tsfs.InvalidArgumentError, match="native=True, but the native row gather is unavailable: "
+                                                        "no C.. compiler"):
+        TFReader(url, batch_size=100, native=True)
+
+
+def test_unwritable_cache_falls_back_to_python(url, tmp_path, rebuilt, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rebuilt.setenv("TSFS_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    falls_back(url, caplog, "cannot write the build to", "TSFS_CACHE_DIR")
+
+
+def test_switched_off_by_environment(url, rebuilt, caplog):
+    rebuilt.setenv("TSFS_TF_NATIVE", "0")
+    falls_back(url, caplog)
 
 
 def test_native_needs_a_local_dataset(native_op):
@@ -226,17 +241,3 @@ def test_process_exits_with_a_pipeline_still_running(url, native):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["320"]
 
-
-def test_unwritable_cache_falls_back_to_python(url, tmp_path, monkeypatch, caplog):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    monkeypatch.setenv("TSFS_CACHE_DIR", str(blocker / "cache"))  # cannot be created
-    _tf_native.reset()
-    try:
-        with caplog.at_level(logging.WARNING, logger="tensorstore_fs.readers._tf_native"):
-            reader = TFReader(url, batch_size=100)
-        assert not reader.native
-        assert "cannot write the build to" in caplog.text and "TSFS_CACHE_DIR" in caplog.text
-        assert sum(int(b["id"].shape[0]) for b in reader.dataset()) == N
-    finally:
-        _tf_native.reset()
