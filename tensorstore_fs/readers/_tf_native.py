@@ -27,7 +27,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load", "unavailable_reason"]
+__all__ = ["load", "reset", "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("_tf_gather.cc")
 ENV_SWITCH = "TSFS_TF_NATIVE"
