@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["locatable", "plain_values_offset"]
+from ._thrift import Compact
+
+__all__ = ["locatable", "page_header", "plain_values_offset"]
 
 _DATA_PAGE = 0
+_PLAIN = 0
 
 
 def locatable(field: Any) -> bool:
@@ -25,85 +28,12 @@ def locatable(field: Any) -> bool:
     uses): fixed-shape, non-nullable tensors (a null row has no bytes of its own), not ``bool``
     (stored one byte per element and decoded, never handed out as stored bytes)."""
     return bool(field.is_fixed_tensor and not field.nullable and field.dtype != "bool")
-_PLAIN = 0
 
 
-class _Compact:
-    """Just enough of Thrift's compact protocol to read a PageHeader."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise ValueError("truncated page header")
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
-
-    def varint(self) -> int:
-        shift = result = 0
-        while True:
-            b = self.byte()
-            result |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return result
-            shift += 7
-            if shift > 63:
-                raise ValueError("bad varint")
-
-    def zigzag(self) -> int:
-        n = self.varint()
-        return (n >> 1) ^ -(n & 1)
-
-    def fields(self) -> Any:
-        """Yield ``(field id, type)`` of a struct until its stop byte."""
-        last = 0
-        while True:
-            head = self.byte()
-            if head == 0:
-                return
-            ftype = head & 0x0F
-            delta = head >> 4
-            fid = last + delta if delta else self.zigzag()
-            last = fid
-            yield fid, ftype
-
-    def skip(self, ftype: int) -> None:
-        if ftype in (1, 2):  # boolean true / false: no payload
-            return
-        if ftype == 3:  # byte
-            self.byte()
-        elif ftype in (4, 5, 6):  # i16, i32, i64
-            self.varint()
-        elif ftype == 7:  # double
-            self.pos += 8
-        elif ftype == 8:  # binary
-            size = self.varint()  # (``self.pos += self.varint()`` would read pos before the varint moves it)
-            self.pos += size
-        elif ftype in (9, 10):  # list, set
-            head = self.byte()
-            size = head >> 4 if head >> 4 != 15 else self.varint()
-            for _ in range(size):
-                self.skip(head & 0x0F)
-        elif ftype == 11:  # map
-            size = self.varint()
-            if size:
-                kv = self.byte()
-                for _ in range(size):
-                    self.skip(kv >> 4)
-                    self.skip(kv & 0x0F)
-        elif ftype == 12:  # struct
-            for _, t in self.fields():
-                self.skip(t)
-        else:
-            raise ValueError(f"unknown thrift type {ftype}")
-
-
-def _page_header(data: bytes) -> tuple[dict[str, int], int]:
+def page_header(data: bytes) -> tuple[dict[str, int], int]:
     """Parse a PageHeader; return its interesting fields and its length in bytes."""
-    r = _Compact(data)
+    r = Compact(data)
     out: dict[str, int] = {}
     for fid, ftype in r.fields():
         if fid in (1, 2, 3) and ftype == 5:  # type, uncompressed_page_size, compressed_page_size
@@ -133,7 +63,7 @@ def plain_values_offset(read_at: Any, column: Any, rows: int, nbytes: int) -> in
         total = int(column.total_compressed_size)
         values = rows * nbytes
         head = bytes(read_at(min(256, total), start))
-        header, length = _page_header(head)
+        header, length = page_header(head)
     except (ValueError, OSError, AttributeError):
         return None
     if (header.get("type") != _DATA_PAGE or header.get("encoding") != _PLAIN or header.get("num_values") != rows

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tensorstore_fs as tsfs
-from tensorstore_fs.pages import _page_header, plain_values_offset
+from tensorstore_fs.pages import page_header, plain_values_offset
 from tensorstore_fs.plan import PlanSpec
 from tensorstore_fs.stream import PlannedStream, Selection, _Files
 
@@ -88,7 +88,7 @@ def test_foreign_multi_page_files_fall_back(tmp_path):
                          ids=["empty", "stop", "truncated", "ramp", "ff"])
 def test_garbage_headers_never_crash(blob):
     try:
-        _page_header(blob)
+        page_header(blob)
     except ValueError:
         pass
 
