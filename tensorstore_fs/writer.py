@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
+from .align import AligningStream, header_length, padding
 from .columns import infer_schema, normalize_batch
 from .encoding import arrow_schema, encode_batch, row_nbytes, stat_columns
 from .errors import (
@@ -22,8 +23,9 @@ from .errors import (
 )
 from .manifest import (SHARD_DIR, Manifest, RowGroupInfo, ShardInfo, commit_manifest, latest_version, load_manifest,
                        now_iso)
+from .pages import locatable
 from .schema import Schema
-from .storage import Storage
+from .storage import LocalShardSink, Storage
 
 __all__ = ["DatasetWriter", "write_dataset", "MODES"]
 
@@ -166,6 +168,10 @@ class DatasetWriter:
         self.row_group_bytes = int(row_group_bytes)
         self.shard_bytes = int(shard_bytes)
         self.compression = compression
+        # one data page per column chunk: a fixed-shape tensor chunk is then one run of raw bytes
+        # that readers map or gather without decoding (tensorstore_fs.pages); capped below
+        # Parquet's 2 GiB page limit
+        self._page_bytes = min(max(2 * self.row_group_bytes, 1 << 20), 1 << 30)
         self.scalar_compression = scalar_compression
         self._writer_id = uuid.uuid4().hex[:12]
         self._parent: Manifest | None = None
@@ -177,6 +183,7 @@ class DatasetWriter:
         self._written_paths: list[str] = []
         self._file: Any = None
         self._pq: pq.ParquetWriter | None = None
+        self._stream: AligningStream | None = None
         self._cur_path: str | None = None
         self._cur_groups: list[RowGroupInfo] = []
         self.rows_written = 0
@@ -216,6 +223,14 @@ class DatasetWriter:
         self._arrow_schema = arrow_schema(schema)
         self._stat_cols = stat_columns(schema)
         self._scalar_cols = [f.name for f in schema.fields if f.is_scalar]
+        # the widest uncompressed fixed-shape tensor goes first in every row group, its values at a
+        # 64-byte aligned offset (tensorstore_fs.align): readers hand them out as they lie
+        candidates = [f for f in schema.fields if locatable(f)] if self.compression is None else []
+        self._aligned = max(candidates, key=lambda f: f.row_nbytes, default=None)
+        first = [self._aligned.name] if self._aligned is not None else []
+        self._file_order = first + [n for n in self._arrow_schema.names if n not in first]
+        self._file_schema = pa.schema([self._arrow_schema.field(n) for n in self._file_order],
+                                      metadata=self._arrow_schema.metadata)
 
     # -- writing ---------------------------------------------------------------------------------
     def write(self, batch: Any) -> int:
@@ -299,17 +314,17 @@ class DatasetWriter:
         tensor_cols = [c for c in self._arrow_schema.names if c not in self._scalar_cols]
         compression: dict[str, str] = {c: self.scalar_compression for c in self._scalar_cols}
         compression.update({c: (self.compression or "none") for c in tensor_cols})
+        # pyarrow writes a local file natively and takes offsets from its position, so alignment
+        # padding goes straight to the file; a Python sink needs the aligning stream
+        self._stream = None if isinstance(self._file, LocalShardSink) else AligningStream(self._file.stream)
         self._pq = pq.ParquetWriter(
-            self._file.stream,
-            self._arrow_schema,
+            self._stream if self._stream is not None else self._file.stream,
+            self._file_schema,
             compression=compression,
             use_dictionary=dictionary_columns(first, self._scalar_cols) or False,
             write_statistics=self._stat_cols or False,
             store_schema=True,
-            # one data page per column chunk: a fixed-shape tensor chunk is then one run of raw
-            # bytes that readers map or gather without decoding (tensorstore_fs.pages); capped
-            # below Parquet's 2 GiB page limit
-            data_page_size=min(max(2 * self.row_group_bytes, 1 << 20), 1 << 30),
+            data_page_size=self._page_bytes,
         )
         self._cur_groups = []
 
@@ -317,7 +332,15 @@ class DatasetWriter:
         if self._pq is None:
             self._open_shard(group)
         assert self._pq is not None
-        self._pq.write_table(group, row_group_size=group.num_rows)
+        if self._aligned is not None:
+            rows, nbytes = group.num_rows, self._aligned.row_nbytes
+            if self._stream is not None:
+                self._stream.expect([rows * nbytes])
+            else:
+                pad = padding(self._file.stream.tell(), header_length(rows, nbytes, self._page_bytes))
+                if pad:
+                    self._file.stream.write(bytes(pad))
+        self._pq.write_table(group.select(self._file_order), row_group_size=group.num_rows)
         self._file.checkpoint()
         self._cur_groups.append(RowGroupInfo(rows=group.num_rows, stats=_row_group_stats(group, self._stat_cols)))
         if self._shard_is_full(group_sizes):
@@ -326,13 +349,18 @@ class DatasetWriter:
     def _close_shard(self) -> None:
         if self._pq is None:
             return
+        if self._stream is not None:
+            self._stream.footer_next()
         self._pq.close()
+        if self._stream is not None:
+            self._stream.finish()
         size, crc = self._file.finish()
         assert self._cur_path is not None
         rows = sum(g.rows for g in self._cur_groups)
         self._shards.append(ShardInfo(self._cur_path, rows, size, crc, tuple(self._cur_groups)))
         logger.debug("wrote shard %s: %d rows, %d bytes", self._cur_path, rows, size)
         self._pq = None
+        self._stream = None
         self._file = None
         self._cur_path = None
 
@@ -397,6 +425,7 @@ class DatasetWriter:
         except Exception:  # noqa: BLE001 - best effort while already failing
             logger.debug("error closing shard during abort", exc_info=True)
         self._pq = None
+        self._stream = None
         self._file = None
         for p in self._written_paths:
             try:
