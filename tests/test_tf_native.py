@@ -131,6 +131,65 @@ def test_batches_kept_by_the_consumer_are_never_overwritten(url, native_op):
         np.testing.assert_array_equal(b["emb"].numpy(), want["emb"])
 
 
+def mapped_file(array: np.ndarray) -> str | None:
+    """The file whose mapping holds ``array``'s memory ("" for anonymous memory, None if unmapped)."""
+    addr = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= addr < hi:
+                return parts[5] if len(parts) > 5 else ""
+    return None
+
+
+ALIGNED = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("emb", "float32", (5,)),
+                       tsfs.Field("image", "uint8", (4, 4, 8))])  # 128-byte rows: any batch start is aligned
+
+
+@pytest.fixture(scope="module")
+def aligned_url(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tf_zero_copy") / "ds")
+    ids = np.arange(1200)
+    image = ((ids[:, None] * 3 + np.arange(128)) % 256).astype(np.uint8).reshape(-1, 4, 4, 8)
+    tsfs.write_dataset(path, {"id": ids, "emb": (ids[:, None] + np.arange(5)).astype(np.float32), "image": image},
+                       ALIGNED, row_group_bytes=16 * 1024, shard_bytes=16 * 1024)
+    return path
+
+
+def test_sequential_batches_are_the_mapped_file_bytes(aligned_url, native_op, monkeypatch):
+    ds = tsfs.open_dataset(aligned_url)
+    assert len(ds.shards) > 8  # more files than the kernel keeps mapped: kept batches hold theirs
+    shards = {os.path.realpath(ds.storage.path(s.path)) for s in ds.shards}
+    kept = list(make_tf_dataset(aligned_url, batch_size=32))
+    image = [np.asarray(b["image"]) for b in kept]
+    assert all(os.path.realpath(mapped_file(a)) in shards for a in image)  # the file's own pages
+    assert not any(a.flags.writeable for a in image)
+    assert all(mapped_file(np.asarray(b["emb"])) not in shards for b in kept)  # not first in its row group: copied
+    ids = np.concatenate([b["id"].numpy() for b in kept])
+    np.testing.assert_array_equal(ids, np.arange(1200))
+    want = ((ids[:, None] * 3 + np.arange(128)) % 256).astype(np.uint8).reshape(-1, 4, 4, 8)
+    np.testing.assert_array_equal(np.concatenate(image), want)
+
+    monkeypatch.setenv("TSFS_TF_ZERO_COPY", "0")
+    copied = list(make_tf_dataset(aligned_url, batch_size=32))
+    assert not any(mapped_file(np.asarray(b["image"])) in shards for b in copied)
+    np.testing.assert_array_equal(np.concatenate([b["image"].numpy() for b in copied]), want)
+
+
+def test_ops_never_write_into_mapped_batches(aligned_url, native_op):
+    """TensorFlow reuses an input's buffer for an op's output when nothing else holds it; a
+    mapped batch must never be one (its pages are read-only: that would crash)."""
+    ds = make_tf_dataset(aligned_url, columns=["id", "image"], batch_size=64, num_epochs=2).map(
+        lambda b: {"id": b["id"], "image": b["image"] + 1,
+                   "scattered": tf.tensor_scatter_nd_update(b["image"], [[0]], tf.zeros((1, 4, 4, 8), tf.uint8))})
+    for b in ds:
+        want = ((b["id"].numpy()[:, None] * 3 + np.arange(128)) % 256).astype(np.uint8).reshape(-1, 4, 4, 8)
+        np.testing.assert_array_equal(b["image"].numpy(), want + 1)
+        np.testing.assert_array_equal(b["scattered"].numpy()[1:], want[1:])
+    tsfs.open_dataset(aligned_url).verify()  # the files are as written
+
+
 def rewrite_with_small_pages(url: str, shard_index: int = 0) -> None:
     """Rewrite one shard with many data pages per column chunk (as other writers do): its tensor
     columns can no longer be located, so the stream decodes them."""

@@ -2,9 +2,11 @@
 //
 // A fixed-shape tensor column of a local shard is one plain, uncompressed run of bytes per row
 // group (tensorstore_fs/pages.py). The tf.data adapter hands this kernel, per batch, the file and
-// byte offset of every row; the kernel copies the rows out of read-only maps of the files (kept
-// open across batches) into a recycled, 64-byte aligned output, inside TensorFlow's own threads:
-// no Python, no GIL and no page faults on fresh output memory per batch.
+// byte offset of every row. A batch whose rows lie back to back at a 64-byte aligned offset (a
+// sequential batch of a file written with aligned values, tensorstore_fs/align.py) is handed out
+// as the file's mapped bytes themselves: no copy. Any other batch is copied out of read-only maps
+// of the files (kept open across batches) into a recycled, 64-byte aligned output. Both run inside
+// TensorFlow's own threads: no Python, no GIL and no page faults on fresh output memory per batch.
 //
 // Built on first use by tensorstore_fs/readers/_tf_native.py against the installed TensorFlow.
 
@@ -14,6 +16,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -23,6 +26,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tensorflow/core/framework/allocation_description.pb.h"
 #include "tensorflow/core/framework/allocator.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -158,6 +162,27 @@ Maps* maps() {
   return m;
 }
 
+// A batch that is one aligned run of a kept map: the tensor's memory is the file's page cache,
+// and the map stays mapped while any tensor uses it (even after it left the kept ones).
+class MappedRows : public ::tensorflow::TensorBuffer {
+ public:
+  MappedRows(std::shared_ptr<FileMap> map, const char* data, size_t size)
+      : TensorBuffer(const_cast<char*>(data)), map_(std::move(map)), size_(size) {}
+  size_t size() const override { return size_; }
+  TensorBuffer* root_buffer() override { return this; }
+  void FillAllocationDescription(::tensorflow::AllocationDescription* proto) const override {
+    proto->set_requested_bytes(static_cast<int64_t>(size_));
+    proto->set_allocator_name("tsfs_file_map");
+  }
+  // The pages are mapped read-only. Not owning its memory is what stops TensorFlow from reusing
+  // an input's buffer for an op's output in place (OpKernelContext::forward_input checks it).
+  bool OwnsMemory() const override { return false; }
+
+ private:
+  std::shared_ptr<FileMap> map_;
+  size_t size_;
+};
+
 REGISTER_OP("TsfsGatherRows")
     .Input("paths: string")
     .Input("file: int32")
@@ -166,6 +191,7 @@ REGISTER_OP("TsfsGatherRows")
     .Output("rows: dtype")
     .Attr("dtype: type")
     .Attr("row_shape: list(int) >= 0")
+    .Attr("zero_copy: bool = true")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
       std::vector<int64_t> row_shape;
       TF_RETURN_IF_ERROR(c->GetAttr("row_shape", &row_shape));
@@ -178,6 +204,8 @@ REGISTER_OP("TsfsGatherRows")
 Rows of a fixed-shape tensor column gathered from local shard files: row i is the
 prod(row_shape) * sizeof(dtype) bytes at byte offset[i] of file paths[file[i]]. When inline_rows
 has rows, they are the rows (the column could not be located in the files) and are passed on.
+With zero_copy, rows that lie back to back at a 64-byte aligned offset are output as the read-only
+mapped file bytes themselves.
 )doc");
 
 class GatherRowsOp : public OpKernel {
@@ -186,6 +214,7 @@ class GatherRowsOp : public OpKernel {
     std::vector<int64_t> row_shape;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("dtype", &dtype_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("row_shape", &row_shape));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("zero_copy", &zero_copy_));
     row_bytes_ = ::tensorflow::DataTypeSize(dtype_);
     OP_REQUIRES(ctx, row_bytes_ > 0, absl::InvalidArgumentError("TsfsGatherRows: dtype has no fixed size"));
     for (int64_t d : row_shape) {
@@ -209,13 +238,12 @@ class GatherRowsOp : public OpKernel {
     const int64_t n = file.dim_size(0);
     TensorShape shape({n});
     shape.AppendShape(row_shape_);
-    Tensor out(allocator(), dtype_, shape);
-    OP_REQUIRES(ctx, out.IsInitialized(), absl::ResourceExhaustedError("TsfsGatherRows: cannot allocate the batch"));
-    char* dst = static_cast<char*>(const_cast<void*>(static_cast<const void*>(out.tensor_data().data())));
     auto files = file.flat<int32_t>();
     auto offsets = offset.flat<int64_t>();
     auto names = paths.flat<::tensorflow::tstring>();
     const size_t rb = static_cast<size_t>(row_bytes_);
+    Tensor out;
+    char* dst = nullptr;
     int64_t i = 0;
     while (i < n) {
       // a run of rows that are consecutive in one file is one copy
@@ -232,8 +260,23 @@ class GatherRowsOp : public OpKernel {
       OP_REQUIRES(ctx, start >= 0 && static_cast<size_t>(start) + len <= m->size,
                   absl::DataLossError("tensorstore_fs: shard file " + path + " ends before the rows its manifest "
                                       "places at byte " + std::to_string(start) + " (was it replaced or truncated?)"));
-      std::memcpy(dst + rb * static_cast<size_t>(i), m->data + start, len);
+      const char* src = m->data + start;
+      if (i == 0 && j == n && zero_copy_ && len > 0 && reinterpret_cast<uintptr_t>(src) % kAlign == 0) {
+        MappedRows* rows = new MappedRows(m, src, len);
+        ctx->set_output(0, Tensor(dtype_, shape, rows));
+        rows->Unref();  // the tensor holds its own reference
+        return;
+      }
+      if (dst == nullptr) {
+        out = Tensor(allocator(), dtype_, shape);
+        OP_REQUIRES(ctx, out.IsInitialized(), absl::ResourceExhaustedError("TsfsGatherRows: cannot allocate the batch"));
+        dst = static_cast<char*>(const_cast<void*>(static_cast<const void*>(out.tensor_data().data())));
+      }
+      std::memcpy(dst + rb * static_cast<size_t>(i), src, len);
       i = j;
+    }
+    if (dst == nullptr) {  // no rows
+      out = Tensor(allocator(), dtype_, shape);
     }
     ctx->set_output(0, out);
   }
@@ -242,6 +285,7 @@ class GatherRowsOp : public OpKernel {
   DataType dtype_;
   TensorShape row_shape_;
   int64_t row_bytes_ = 0;
+  bool zero_copy_ = true;
 };
 
 REGISTER_KERNEL_BUILDER(Name("TsfsGatherRows").Device(::tensorflow::DEVICE_CPU), GatherRowsOp);

@@ -27,10 +27,11 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load", "reset", "unavailable_reason"]
+__all__ = ["load", "reset", "unavailable_reason", "zero_copy"]
 
 SOURCE = Path(__file__).with_name("_tf_gather.cc")
 ENV_SWITCH = "TSFS_TF_NATIVE"
+ZERO_COPY_SWITCH = "TSFS_TF_ZERO_COPY"
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 
@@ -43,9 +44,19 @@ def _cache_dir() -> Path:
     return Path(base) / "tensorstore_fs"
 
 
+def _off(variable: str) -> bool:
+    return os.environ.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def zero_copy() -> bool:
+    """Whether the gather hands out aligned sequential rows as the mapped file bytes (read-only
+    memory) instead of copying them; ``TSFS_TF_ZERO_COPY=0`` turns it off."""
+    return not _off(ZERO_COPY_SWITCH)
+
+
 def _build(tf: Any) -> tuple[Any | None, str]:
     """``(op module, "")`` or ``(None, why not)``."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _off(ENV_SWITCH):
         return None, f"disabled by {ENV_SWITCH}={os.environ[ENV_SWITCH]}"
     cxx = os.environ.get("CXX") or "c++"
     compile_flags, link_flags = list(tf.sysconfig.get_compile_flags()), list(tf.sysconfig.get_link_flags())

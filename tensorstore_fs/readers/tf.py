@@ -169,7 +169,11 @@ class TFReader:
         :mod:`tensorstore_fs.readers._tf_native`) while Python only plans and decodes the other
         columns. ``None`` (default): when it is available; ``False``: always through Python;
         ``True``: require it (:class:`~tensorstore_fs.InvalidArgumentError` when it cannot be
-        built or the dataset is not local). The batches are the same either way.
+        built or the dataset is not local). The batches are the same either way. A batch of rows
+        that lie back to back at a 64-byte aligned file offset (a sequential batch of a file this
+        library wrote, ``docs/format.md`` section 5) is not copied at all: its tensor is the
+        mapped, read-only file bytes, which TensorFlow's ops never write to (``TSFS_TF_ZERO_COPY=0``
+        copies it, for code that writes into batches through DLPack).
 
     Notes
     -----
@@ -236,6 +240,7 @@ class TFReader:
         self._history: tuple = ()
         self._passes = [0] * num_workers  # passes over the tf.data.Dataset each worker thread started
         self._native_op, self._native = self._native_columns(native)
+        self._zero_copy = _tf_native.zero_copy()
         self._streams = [copy.copy(self.stream) for _ in range(num_workers)]  # own files per thread
         for s in self._streams:
             s.file_backed = bool(self._native)  # native columns come as FileRows (where they are)
@@ -400,7 +405,8 @@ class TFReader:
             elif part == "file":
                 f = self._native[name]
                 out[name] = self._native_op.tsfs_gather_rows(
-                    paths, v, batch[name + "/offset"], batch[name + "/inline"], row_shape=list(f.shape))
+                    paths, v, batch[name + "/offset"], batch[name + "/inline"], row_shape=list(f.shape),
+                    zero_copy=self._zero_copy)
         return out
 
     def _chunk_rows(self, stream: PlannedStream) -> int:
