@@ -47,31 +47,45 @@ _MAX_HEADER = 1024  # a tensor page header has no statistics: 20-40 bytes
 _MAGIC = b"PAR1"
 _DATA_PAGE, _PLAIN = 0, 0
 
+# PageHeader: uncompressed_page_size, compressed_page_size, data_page_header; DataPageHeader: num_values
+_PH_UNCOMPRESSED, _PH_COMPRESSED, _PH_DATA_PAGE, _DPH_NUM_VALUES = 2, 3, 5, 1
 # footer fields that hold absolute file offsets: (struct, field id)
 _ROW_GROUPS, _COLUMNS, _RG_OFFSET = 4, 1, 5
 _CC_FILE_OFFSET, _CC_META, _CC_OFFSET_INDEX, _CC_COLUMN_INDEX = 2, 3, 4, 6
 _CM_OFFSETS = (9, 10, 11, 14)  # data_page_offset, index_page_offset, dictionary_page_offset, bloom_filter_offset
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
+def _header_template(row_nbytes: int, data_page_size: int) -> bytes:
+    """The page header pyarrow writes for 2 rows of a required ``fixed_size_binary(row_nbytes)``
+    column, uncompressed, without dictionary or statistics, as one page."""
+    field = pa.field("v", pa.binary(row_nbytes), nullable=False)
+    values = pa.FixedSizeBinaryArray.from_buffers(field.type, 2, [None, pa.py_buffer(bytes(2 * row_nbytes))])
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, pa.schema([field]), compression="none", use_dictionary=False, write_statistics=False,
+                          data_page_size=data_page_size) as writer:
+        writer.write_table(pa.table([values], schema=writer.schema), row_group_size=2)
+    data = sink.getvalue().to_pybytes()
+    _, end = decode_struct(data, 4)
+    return data[4:end]
+
+
 def header_length(rows: int, row_nbytes: int, data_page_size: int) -> int:
     """Length of the page header pyarrow writes for ``rows`` values of a required
     ``fixed_size_binary(row_nbytes)`` column, uncompressed and without statistics, as one page.
 
-    Measured by writing such a chunk (zero bytes; the length depends only on the sizes): exact
-    for the installed pyarrow, whatever its header holds. Cached per size.
+    A 2-row chunk is written once per row size (cheap) and its header re-encoded with this
+    chunk's sizes and value count: exact for whatever else the installed pyarrow puts in it.
     """
-    field = pa.field("v", pa.binary(row_nbytes), nullable=False)
-    values = pa.FixedSizeBinaryArray.from_buffers(field.type, rows, [None, pa.allocate_buffer(rows * row_nbytes)])
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, pa.schema([field]), compression="none", use_dictionary=False, write_statistics=False,
-                          data_page_size=data_page_size) as writer:
-        writer.write_table(pa.table([values], schema=writer.schema), row_group_size=rows)
-    data = sink.getvalue()
-    header, length = page_header(data.slice(4, min(_MAX_HEADER, data.size - 4)).to_pybytes())
-    if header.get("compressed") != rows * row_nbytes:
-        raise TensorstoreError(f"internal error: pyarrow wrote {rows} rows of {row_nbytes} bytes as more than one page")
-    return length
+    tree, _ = decode_struct(_header_template(row_nbytes, data_page_size))
+    for f in tree:
+        if f[0] in (_PH_UNCOMPRESSED, _PH_COMPRESSED):
+            f[2] = rows * row_nbytes
+        elif f[0] == _PH_DATA_PAGE:
+            for g in f[2]:
+                if g[0] == _DPH_NUM_VALUES:
+                    g[2] = rows
+    return len(encode_struct(tree))
 
 
 def padding(position: int, header: int, alignment: int = ALIGNMENT) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 import tensorstore_fs as tsfs
 from tensorstore_fs._thrift import decode_struct, encode_struct
-from tensorstore_fs.align import ALIGNMENT, AligningStream
+from tensorstore_fs.align import ALIGNMENT, AligningStream, header_length
 from tensorstore_fs.pages import plain_values_offset
 
 
@@ -210,3 +210,17 @@ def test_compressed_tensors_are_not_padded(tmp_path):
     pf = pq.ParquetFile(ds.storage.path(ds.shards[0].path))
     assert pf.schema_arrow.names[:3] == ["id", "label", "img"]  # the schema's order: nothing to align
     np.testing.assert_array_equal(ds.head(500)["img"], _rows(500)["img"])
+
+
+@pytest.mark.parametrize("rows, width", [(1, 1), (2, 64), (63, 1), (64, 2), (300, 13312), (127, 129),
+                                         (16383, 1), (16384, 1), (2049, 1024)])
+def test_header_length_is_the_length_pyarrow_writes(rows, width):
+    values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), rows, [None, pa.py_buffer(bytes(rows * width))])
+    schema = pa.schema([pa.field("v", pa.binary(width), nullable=False), pa.field("label", pa.int64())])
+    table = pa.table([values, pa.array(np.arange(rows))], schema=schema)
+    out = io.BytesIO()
+    pq.write_table(table, out, compression={"v": "none", "label": "snappy"}, use_dictionary=["label"],
+                   write_statistics=["label"], data_page_size=1 << 30)  # the writer's settings
+    data = out.getvalue()
+    _, end = decode_struct(data, 4)
+    assert header_length(rows, width, 1 << 30) == end - 4
