@@ -177,6 +177,20 @@ def test_sequential_batches_are_the_mapped_file_bytes(aligned_url, native_op, mo
     np.testing.assert_array_equal(np.concatenate([b["image"].numpy() for b in copied]), want)
 
 
+def test_a_kept_mapped_batch_outlives_its_deleted_file(aligned_url, native_op, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(aligned_url, copy)
+    ds = tsfs.open_dataset(str(copy))
+    it = iter(make_tf_dataset(str(copy), columns=["id", "image"], batch_size=64))
+    batch = next(it)
+    assert mapped_file(np.asarray(batch["image"])).endswith(".parquet")
+    del it
+    for shard in ds.shards:
+        os.unlink(ds.storage.path(shard.path))
+    want = ((np.arange(64)[:, None] * 3 + np.arange(128)) % 256).astype(np.uint8).reshape(-1, 4, 4, 8)
+    np.testing.assert_array_equal(batch["image"].numpy(), want)
+
+
 def test_ops_never_write_into_mapped_batches(aligned_url, native_op):
     """TensorFlow reuses an input's buffer for an op's output when nothing else holds it; a
     mapped batch must never be one (its pages are read-only: that would crash)."""
