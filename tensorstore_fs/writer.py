@@ -225,7 +225,8 @@ class DatasetWriter:
         self._scalar_cols = [f.name for f in schema.fields if f.is_scalar]
         # the widest uncompressed fixed-shape tensor goes first in every row group, its values at a
         # 64-byte aligned offset (tensorstore_fs.align): readers hand them out as they lie
-        candidates = [f for f in schema.fields if locatable(f)] if self.compression is None else []
+        uncompressed = str(self.compression or "none").lower() in ("none", "uncompressed")
+        candidates = [f for f in schema.fields if locatable(f)] if uncompressed else []
         self._aligned = max(candidates, key=lambda f: f.row_nbytes, default=None)
         first = [self._aligned.name] if self._aligned is not None else []
         self._file_order = first + [n for n in self._arrow_schema.names if n not in first]

@@ -204,6 +204,11 @@ def test_duckdb_reads_the_padded_files_like_pyarrow(tmp_path):
             assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
 
 
+def test_compression_none_spelled_out_is_aligned_too(tmp_path):
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), _rows(600), SCHEMA, row_group_bytes=20_000, compression="NONE")
+    assert _aligned_chunks(ds, lambda rel: (tmp_path / "ds" / rel).read_bytes()) == len(ds.row_groups) > 1
+
+
 def test_compressed_tensors_are_not_padded(tmp_path):
     ds = tsfs.write_dataset(str(tmp_path / "ds"), _rows(500), SCHEMA, row_group_bytes=20_000, compression="zstd")
     ds.verify()
