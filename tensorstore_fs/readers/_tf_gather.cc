@@ -4,7 +4,8 @@
 // group (tensorstore_fs/pages.py). The tf.data adapter hands this kernel, per batch, the file and
 // byte offset of every row. A batch whose rows lie back to back at a 64-byte aligned offset (a
 // sequential batch of a file written with aligned values, tensorstore_fs/align.py) is handed out
-// as the file's mapped bytes themselves: no copy. Any other batch is copied out of read-only maps
+// as the file's mapped bytes themselves, read-only, which TensorFlow's ops never write to (see
+// MappedRows): no copy. Any other batch is copied out of read-only maps
 // of the files (kept open across batches) into a recycled, 64-byte aligned output. Both run inside
 // TensorFlow's own threads: no Python, no GIL and no page faults on fresh output memory per batch.
 //
@@ -164,6 +165,15 @@ Maps* maps() {
 
 // A batch that is one aligned run of a kept map: the tensor's memory is the file's page cache,
 // and the map stays mapped while any tensor uses it (even after it left the kept ones).
+//
+// The pages are mapped read-only, so TensorFlow must never write into them. It writes into an
+// input only where it may reuse the input's buffer for an op's output in place, which it does
+// only when that buffer, and its root buffer, have a reference count of one (and own their memory:
+// Tensor::RefCountIsOne). A slice of a batch (Tensor::Slice, strided slices) is a SubBuffer whose
+// root is this buffer. So Pinned below holds one extra reference to every mapped batch while
+// anything else does: the count never reads one, for the batch or for any slice of it, and
+// TensorFlow copies instead. (Ops that alias their input unconditionally, tf.raw_ops.InplaceUpdate
+// and friends, and writes through DLPack are not covered: TSFS_TF_ZERO_COPY=0 copies batches.)
 class MappedRows : public ::tensorflow::TensorBuffer {
  public:
   MappedRows(std::shared_ptr<FileMap> map, const char* data, size_t size)
@@ -174,14 +184,49 @@ class MappedRows : public ::tensorflow::TensorBuffer {
     proto->set_requested_bytes(static_cast<int64_t>(size_));
     proto->set_allocator_name("tsfs_file_map");
   }
-  // The pages are mapped read-only. Not owning its memory is what stops TensorFlow from reusing
-  // an input's buffer for an op's output in place (OpKernelContext::forward_input checks it).
   bool OwnsMemory() const override { return false; }
 
  private:
   std::shared_ptr<FileMap> map_;
   size_t size_;
 };
+
+// The extra references of mapped batches. Sweep() lets go of those that nothing else holds any
+// more (then nothing can take a new reference either: only a holder can copy a tensor), which
+// frees them; every kernel call sweeps, so at most the batches made since the last call linger.
+class Pinned {
+ public:
+  void Add(MappedRows* rows) {
+    rows->Ref();
+    std::lock_guard<std::mutex> lock(mu_);
+    live_.push_back(rows);
+  }
+  void Sweep() {
+    std::vector<MappedRows*> done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t keep = 0;
+      for (MappedRows* rows : live_) {
+        if (rows->RefCountIsOne()) {
+          done.push_back(rows);
+        } else {
+          live_[keep++] = rows;
+        }
+      }
+      live_.resize(keep);
+    }
+    for (MappedRows* rows : done) rows->Unref();  // the last reference: unmaps if the map is gone
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<MappedRows*> live_;
+};
+
+Pinned* pinned() {
+  static Pinned* p = new Pinned();
+  return p;
+}
 
 REGISTER_OP("TsfsGatherRows")
     .Input("paths: string")
@@ -229,6 +274,7 @@ class GatherRowsOp : public OpKernel {
     const Tensor& file = ctx->input(1);
     const Tensor& offset = ctx->input(2);
     const Tensor& inline_rows = ctx->input(3);
+    pinned()->Sweep();
     if (inline_rows.dims() > 0 && inline_rows.dim_size(0) > 0) {
       ctx->set_output(0, inline_rows);
       return;
@@ -263,8 +309,9 @@ class GatherRowsOp : public OpKernel {
       const char* src = m->data + start;
       if (i == 0 && j == n && zero_copy_ && len > 0 && reinterpret_cast<uintptr_t>(src) % kAlign == 0) {
         MappedRows* rows = new MappedRows(m, src, len);
+        pinned()->Add(rows);
         ctx->set_output(0, Tensor(dtype_, shape, rows));
-        rows->Unref();  // the tensor holds its own reference
+        rows->Unref();  // the tensor and Pinned hold their own references
         return;
       }
       if (dst == nullptr) {

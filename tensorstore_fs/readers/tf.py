@@ -172,8 +172,10 @@ class TFReader:
         built or the dataset is not local). The batches are the same either way. A batch of rows
         that lie back to back at a 64-byte aligned file offset (a sequential batch of a file this
         library wrote, ``docs/format.md`` section 5) is not copied at all: its tensor is the
-        mapped, read-only file bytes, which TensorFlow's ops never write to (``TSFS_TF_ZERO_COPY=0``
-        copies it, for code that writes into batches through DLPack).
+        mapped, read-only file bytes, which TensorFlow's ops never write to (the kernel holds a
+        reference to it, so TensorFlow never reuses its buffer for an op's output). Ops that
+        alias their input by definition (``tf.raw_ops.InplaceUpdate``) and writes through DLPack
+        would crash: ``TSFS_TF_ZERO_COPY=0`` copies such batches (``docs/guarantees.md``).
 
     Notes
     -----
