@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from typing import Any, Iterable, Mapping
@@ -46,6 +47,11 @@ ROW_GROUP_ROW_ALIGNMENT = 256
 DICTIONARY_MAX_DISTINCT = 0.5
 DICTIONARY_SAMPLE = 4096
 _COMMIT_RETRIES = 20
+# pyarrow (where it has max_rows_per_page) also cuts pages at 20,000 rows: lift that to the row
+# group's cap, so a chunk of small rows stays one page as well (a pyarrow without the option
+# writes whatever pages it writes; readers then decode those chunks)
+_ONE_PAGE_PER_CHUNK = ({"max_rows_per_page": MAX_ROW_GROUP_ROWS}
+                       if "max_rows_per_page" in inspect.signature(pq.ParquetWriter.__init__).parameters else {})
 
 
 def _aligned_rows(rows: int) -> int:
@@ -225,7 +231,7 @@ class DatasetWriter:
         self._scalar_cols = [f.name for f in schema.fields if f.is_scalar]
         # the widest uncompressed fixed-shape tensor goes first in every row group, its values at a
         # 64-byte aligned offset (tensorstore_fs.align): readers hand them out as they lie
-        uncompressed = str(self.compression or "none").lower() in ("none", "uncompressed")
+        uncompressed = str(self.compression or "none").lower() == "none"
         candidates = [f for f in schema.fields if locatable(f)] if uncompressed else []
         self._aligned = max(candidates, key=lambda f: f.row_nbytes, default=None)
         first = [self._aligned.name] if self._aligned is not None else []
@@ -326,6 +332,7 @@ class DatasetWriter:
             write_statistics=self._stat_cols or False,
             store_schema=True,
             data_page_size=self._page_bytes,
+            **_ONE_PAGE_PER_CHUNK,
         )
         self._cur_groups = []
 

@@ -229,3 +229,18 @@ def test_header_length_is_the_length_pyarrow_writes(rows, width):
     data = out.getvalue()
     _, end = decode_struct(data, 4)
     assert header_length(rows, width, 1 << 30) == end - 4
+
+
+def test_row_groups_of_many_small_rows_stay_one_aligned_page(tmp_path):
+    """pyarrow cuts pages at 20,000 rows unless told otherwise: a chunk of small rows must still be
+    one page (located, aligned), not several."""
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("xy", "float32", (2,))])
+    n = 50_000
+    xy = np.arange(2 * n, dtype=np.float32).reshape(n, 2)
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(n), "xy": xy}, schema)
+    assert len(ds.row_groups) == 1 and ds.row_groups[0].rows == n
+    raw = (tmp_path / "ds" / ds.shards[0].path).read_bytes()
+    meta = pq.ParquetFile(io.BytesIO(raw)).metadata.row_group(0)
+    offset = plain_values_offset(lambda size, o: raw[o:o + size], meta.column(0), n, 8)
+    assert offset is not None and offset % ALIGNMENT == 0
+    np.testing.assert_array_equal(np.frombuffer(raw, np.float32, 2 * n, offset).reshape(n, 2), xy)
