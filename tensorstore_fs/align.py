@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from ._thrift import I64, LIST, STRUCT, decode_struct, encode_struct
 from .errors import TensorstoreError
-from .pages import page_header
+from .pages import is_plain_page, page_header
 
 __all__ = ["ALIGNMENT", "AligningStream", "header_length", "padding"]
 
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 ALIGNMENT = 64  # TensorFlow's (and AVX-512's) alignment
 _MAX_HEADER = 1024  # a tensor page header has no statistics: 20-40 bytes
 _MAGIC = b"PAR1"
-_DATA_PAGE, _PLAIN = 0, 0
 
 # PageHeader: uncompressed_page_size, compressed_page_size, data_page_header; DataPageHeader: num_values
 _PH_UNCOMPRESSED, _PH_COMPRESSED, _PH_DATA_PAGE, _DPH_NUM_VALUES = 2, 3, 5, 1
@@ -152,7 +151,7 @@ class AligningStream:
 
     # -- control ------------------------------------------------------------------------------------
     @property
-    def padding(self) -> int:
+    def padded(self) -> int:
         """Zero bytes inserted so far."""
         return self._shift[-1] if self._shift else 0
 
@@ -233,8 +232,7 @@ class AligningStream:
                 return None  # more bytes to come
             header, length = {}, 0
         want = self._expect[0]
-        if (header.get("type") != _DATA_PAGE or header.get("encoding") != _PLAIN
-                or header.get("compressed") != want or header.get("uncompressed") != want or length <= 0):
+        if not is_plain_page(header, want) or length <= 0:
             # not the page we were told of: write the rest of this row group as pyarrow made it
             logger.debug("not aligning a column chunk at %d: unexpected page header %s", self._head_at, header)
             self._expect.clear()
@@ -246,7 +244,7 @@ class AligningStream:
         if pad:
             self._emit(bytes(pad))
             self._points.append(self._head_at)
-            self._shift.append(self.padding + pad)
+            self._shift.append(self.padded + pad)
         self._emit(bytes(self._head[:length]))
         rest = bytes(self._head[length:])
         self._head.clear()

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._thrift import Compact
 
-__all__ = ["locatable", "page_header", "plain_values_offset"]
+__all__ = ["is_plain_page", "locatable", "page_header", "plain_values_offset"]
 
 _DATA_PAGE = 0
 _PLAIN = 0
@@ -49,6 +49,13 @@ def page_header(data: bytes) -> tuple[dict[str, int], int]:
     return out, r.pos
 
 
+def is_plain_page(header: dict[str, int], values: int) -> bool:
+    """Whether a parsed page header (:func:`page_header`) is one uncompressed PLAIN data page of
+    ``values`` bytes."""
+    return (header.get("type") == _DATA_PAGE and header.get("encoding") == _PLAIN
+            and header.get("compressed") == values and header.get("uncompressed") == values)
+
+
 def plain_values_offset(read_at: Any, column: Any, rows: int, nbytes: int) -> int | None:
     """File offset of the ``rows * nbytes`` contiguous values of a column chunk, or None.
 
@@ -66,8 +73,6 @@ def plain_values_offset(read_at: Any, column: Any, rows: int, nbytes: int) -> in
         header, length = page_header(head)
     except (ValueError, OSError, AttributeError):
         return None
-    if (header.get("type") != _DATA_PAGE or header.get("encoding") != _PLAIN or header.get("num_values") != rows
-            or header.get("compressed") != values or header.get("uncompressed") != values
-            or length + values != total):
+    if not is_plain_page(header, values) or header.get("num_values") != rows or length + values != total:
         return None
     return start + length

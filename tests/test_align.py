@@ -126,7 +126,7 @@ def test_an_unexpected_page_leaves_its_row_group_as_pyarrow_wrote_it():
     writer = _parquet_writer(stream, table)
     stream.expect([999, 999])  # wrong sizes: nothing is moved in this row group
     writer.write_table(table.slice(0, 10), row_group_size=10)
-    assert stream.padding == 0
+    assert stream.padded == 0
     stream.expect([10 * w for w in widths])
     writer.write_table(table.slice(10, 10), row_group_size=10)
     stream.footer_next()
