@@ -31,7 +31,7 @@ import tensorstore_fs as tsfs
 from tensorstore_fs.audit import audit_epoch
 from tensorstore_fs.converters import to_hdf5, to_tfrecord
 from tensorstore_fs.readers.torch import TorchDataset
-from tensorstore_fs.scan import ScanStats
+from tensorstore_fs.read.scan import ScanStats
 
 SCHEMA = tsfs.Schema([
     tsfs.Field("id", "int64", description="row index in sklearn's load_digits()"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .columns import infer_schema
-from .dataset import Dataset, open_dataset
+from .read.dataset import Dataset, open_dataset
 from .errors import (
     CommitConflictError,
     CorruptDatasetError,

@@ -1,7 +1,7 @@
 """CRC32C (Castagnoli) checksums, used for shard files and manifests.
 
 Uses the ``crc32c`` package when installed (every extra of this package installs it; about
-14 GB/s here, and it releases the GIL so a checksum thread overlaps Parquet encoding), else
+the fastest measured here, and it releases the GIL so a checksum thread overlaps Parquet encoding), else
 ``google-crc32c``, else a slow table-driven fallback so that a bare install still works.
 """
 

@@ -67,7 +67,7 @@ def _show_value(v: Any) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .dataset import open_dataset
+    from .read.dataset import open_dataset
 
     ds = open_dataset(args.url, args.version)
     info = {
@@ -94,7 +94,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_head(args: argparse.Namespace) -> int:
-    from .dataset import open_dataset
+    from .read.dataset import open_dataset
 
     ds = open_dataset(args.url, args.version)
     batch = ds.head(args.n, columns=_columns(args.columns))
@@ -110,7 +110,7 @@ def cmd_head(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .dataset import open_dataset
+    from .read.dataset import open_dataset
 
     ds = open_dataset(args.url, args.version)
     ds.verify()
@@ -120,7 +120,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from . import converters
-    from .dataset import open_dataset
+    from .read.dataset import open_dataset
 
     src_format = args.src_format or detect_format(args.src)
     if src_format == args.to:

@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ._checks import check_int
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -46,12 +47,6 @@ __all__ = [
 REMAINDERS = ("drop", "pad", "uneven")
 
 
-def _pos_int(name: str, v: object, minimum: int = 1) -> int:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or int(v) < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {v!r}")
-    return int(v)
-
-
 @dataclass(frozen=True)
 class PlanSpec:
     """What every rank and worker must agree on to compute the same plan."""
@@ -64,12 +59,12 @@ class PlanSpec:
     window_rows: int = 0  # 0: 8 batches
 
     def __post_init__(self) -> None:
-        _pos_int("batch_size", self.batch_size)
-        _pos_int("seed", self.seed, 0)
+        check_int("batch_size", self.batch_size)
+        check_int("seed", self.seed, 0)
         if self.remainder not in REMAINDERS:
             raise InvalidArgumentError(f"remainder must be one of {REMAINDERS}, got {self.remainder!r}")
         w = self.window_rows or 8 * self.batch_size
-        _pos_int("window_rows", w)
+        check_int("window_rows", w)
         if w % self.batch_size:
             w = (w // self.batch_size + 1) * self.batch_size
         object.__setattr__(self, "window_rows", int(w))
@@ -89,9 +84,9 @@ class Segment:
     consumed_batches: int
 
     def __post_init__(self) -> None:
-        _pos_int("world_size", self.world_size)
-        _pos_int("num_workers", self.num_workers)
-        _pos_int("consumed_batches", self.consumed_batches, 0)
+        check_int("world_size", self.world_size)
+        check_int("num_workers", self.num_workers)
+        check_int("consumed_batches", self.consumed_batches, 0)
 
 
 def rank_span(n: int, world_size: int, rank: int, remainder: str) -> tuple[int, int, int]:
@@ -203,8 +198,8 @@ class EpochPlan:
             raise InvalidArgumentError("counts must be a 1-D array of non-negative row counts")
         self.counts = split_units(counts, spec.batch_size) if spec.shuffle else counts
         self.spec = spec
-        self.epoch = _pos_int("epoch", epoch, 0)
-        self.world_size = _pos_int("world_size", world_size)
+        self.epoch = check_int("epoch", epoch, 0)
+        self.world_size = check_int("world_size", world_size)
         self.history = tuple(history)
         seq = _Sequence(self.counts, unit_order(len(self.counts), spec.seed, self.epoch, spec.shuffle))
         for i, seg in enumerate(self.history):

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .dataset import Dataset
-from .scan import all_row_groups
+from .read.dataset import Dataset
+from .read.prune import all_row_groups
 
 __all__ = ["ShuffleQuality", "shuffle_quality"]
 

@@ -8,22 +8,19 @@ stream a shard out while checksumming it, and open a shard for Parquet reads.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import mmap
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._crc import crc32c_extend
-from .errors import CommitConflictError, CorruptDatasetError, DatasetNotFoundError, InvalidArgumentError
+from .errors import CommitConflictError, DatasetNotFoundError, InvalidArgumentError
 
 __all__ = ["Storage", "ChecksumWriter", "LocalShardSink"]
 
@@ -149,12 +146,6 @@ class LocalShardSink:
             self._fd = -1
 
 
-OPEN_SHARDS = 8  # local shard files a Storage keeps open between reads (see Storage.release)
-# ... and at most this many bytes of them: pages of a kept map that a scan touched stay in the
-# process's resident set (file pages, shared with the page cache) until the map is closed
-OPEN_SHARD_BYTES = 256 * 2**20
-
-
 class Storage:
     """A dataset root on some filesystem.
 
@@ -176,9 +167,6 @@ class Storage:
         self.storage_options = dict(storage_options or {})
         self._fs: Any = None
         self._root: str | None = None
-        self._idle: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # see open_parquet / release
-        self._idle_pid = os.getpid()
-        self._idle_lock = threading.Lock()
 
     # pickling: never ship a live filesystem object to another process
     def __getstate__(self) -> dict[str, Any]:
@@ -310,7 +298,8 @@ class Storage:
         return ChecksumWriter(self.fs.open(p, "wb"))
 
     def open_input(self, rel: str) -> Any:
-        """Open a shard for Parquet reading: a memory map locally, an fsspec file elsewhere."""
+        """Open a shard for Parquet reading: a memory map locally, an fsspec file elsewhere (readers
+        open shards through :func:`tensorstore_fs.read.scan.open_shard`, which keeps them open)."""
         p = self.path(rel)
         try:
             if self.is_local:
@@ -320,58 +309,6 @@ class Storage:
             return self.fs.open(p, "rb", cache_type="none")
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
-
-    def open_parquet(self, rel: str) -> tuple[Any, Any]:
-        """A shard opened for Parquet reading: ``(pyarrow.parquet.ParquetFile, source)``; hand it
-        back with :meth:`release` when done. A local memory map is read without pyarrow's
-        pre-buffering, which only pays where reads have latency to hide: for a mapped file it
-        hands every column chunk to the I/O thread pool (reading one small column of 20 row
-        groups took 1.4-2.0 ms with it, 0.09 ms without).
-
-        Local shards released by an earlier read are reused (shard files never change): a fresh
-        map costs a page fault per 4 KiB on its first pass and parsing the footer again."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if self.is_local:
-            with self._idle_guard():
-                hit = self._idle.pop(rel, None)
-            if hit is not None:
-                return hit
-        source = self.open_input(rel)
-        try:
-            pf = pq.ParquetFile(source, pre_buffer=not isinstance(source, pa.MemoryMappedFile))
-        except (pa.ArrowInvalid, OSError) as e:
-            source.close()
-            if isinstance(e, FileNotFoundError):
-                raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
-            raise CorruptDatasetError(f"{self.url}/{rel}: not a readable Parquet file: {e}") from None
-        return pf, source
-
-    def release(self, rel: str, pf: Any, source: Any) -> None:
-        """Hand back a shard from :meth:`open_parquet`: a local one is kept open for the next
-        read (the most recent, up to ``OPEN_SHARDS`` files and ``OPEN_SHARD_BYTES``; one reader
-        at a time uses each), others closed. Arrays read from it stay valid either way (they
-        hold the mapping)."""
-        if not self.is_local or source.closed or source.size() > OPEN_SHARD_BYTES:
-            source.close()
-            return
-        with self._idle_guard():
-            drop = [self._idle.pop(rel)] if rel in self._idle else []  # another reader's copy came back first
-            self._idle[rel] = (pf, source)
-            while (len(self._idle) > OPEN_SHARDS
-                   or sum(src.size() for _, src in self._idle.values()) > OPEN_SHARD_BYTES):
-                drop.append(self._idle.popitem(last=False)[1])
-        for _, old in drop:
-            old.close()
-
-    @contextlib.contextmanager
-    def _idle_guard(self) -> Iterator[None]:
-        """The lock of the kept shards; a forked child starts with none kept (and a new lock)."""
-        if self._idle_pid != os.getpid():
-            self._idle, self._idle_pid, self._idle_lock = OrderedDict(), os.getpid(), threading.Lock()
-        with self._idle_lock:
-            yield
 
     def open_stream(self, rel: str) -> Any:
         """Open a file for sequential reading (used to verify checksums)."""

@@ -1,43 +1,30 @@
-"""Who is reading: rank and world size of a distributed job, DataLoader worker and worker count."""
+"""Who is reading: the rank and world size of a distributed job."""
 
 from __future__ import annotations
 
-import numbers
 import os
 import sys
 from dataclasses import dataclass
 
+from ._checks import check_int
 from .errors import InvalidArgumentError
 
 __all__ = ["World"]
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class World:
-    """An immutable (rank, world_size, worker, num_workers).
-
-    ``num_workers`` counts DataLoader worker processes of one rank; ``0`` workers (reading in the
-    main process) is represented as ``num_workers=1, worker=0``.
-    """
+    """An immutable (rank, world_size). DataLoader workers are not part of it: each adapter reads
+    them from its framework where it iterates."""
 
     rank: int = 0
     world_size: int = 1
-    worker: int = 0
-    num_workers: int = 1
 
     def __post_init__(self) -> None:
-        for name, minimum in (("world_size", 1), ("num_workers", 1), ("rank", 0), ("worker", 0)):
-            object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum))
+        object.__setattr__(self, "world_size", check_int("world_size", self.world_size, 1))
+        object.__setattr__(self, "rank", check_int("rank", self.rank, 0))
         if self.rank >= self.world_size:
             raise InvalidArgumentError(f"rank must be < world_size ({self.world_size}), got {self.rank}")
-        if self.worker >= self.num_workers:
-            raise InvalidArgumentError(f"worker must be < num_workers ({self.num_workers}), got {self.worker}")
 
     @classmethod
     def detect(cls, rank: int | None = None, world_size: int | None = None) -> "World":
@@ -45,24 +32,13 @@ class World:
 
         Rank and world size come from the arguments when given (Horovod, Lightning, tf.distribute
         or plain multi-process users pass their own), else from ``RANK``/``WORLD_SIZE`` (torchrun),
-        else from ``torch.distributed`` when it is initialised, else ``(0, 1)``. The worker comes
-        from ``torch.utils.data.get_worker_info()`` when torch is already imported.
+        else from ``torch.distributed`` when it is initialised, else ``(0, 1)``.
         """
         if (rank is None) != (world_size is None):
             raise InvalidArgumentError("pass both rank= and world_size=, or neither")
-        if rank is None:
+        if rank is None or world_size is None:
             rank, world_size = _from_env()
-        worker, num_workers = 0, 1
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            info = torch.utils.data.get_worker_info()
-            if info is not None:
-                worker, num_workers = info.id, info.num_workers
-        assert world_size is not None
-        return cls(rank, world_size, worker, num_workers)
-
-    def with_workers(self, worker: int, num_workers: int) -> "World":
-        return World(self.rank, self.world_size, worker, num_workers)
+        return cls(rank, world_size)
 
 
 def _from_env() -> tuple[int, int]:

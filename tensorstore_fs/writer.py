@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
-from .align import AligningStream, header_length, padding
+from ._checks import check_int
+from .parquet.align import AligningStream, header_length, padding
 from .columns import infer_schema, normalize_batch
 from .encoding import arrow_schema, encode_batch, row_nbytes, stat_columns
 from .errors import (
@@ -24,7 +25,7 @@ from .errors import (
 )
 from .manifest import (SHARD_DIR, Manifest, RowGroupInfo, ShardInfo, commit_manifest, latest_version, load_manifest,
                        now_iso)
-from .pages import locatable
+from .parquet.pages import locatable
 from .schema import Schema
 from .storage import LocalShardSink, Storage
 
@@ -65,8 +66,8 @@ def dictionary_columns(table: pa.Table, columns: Iterable[str]) -> list[str]:
     """The ``columns`` of ``table`` worth dictionary encoding: those whose non-null values among
     the first ``DICTIONARY_SAMPLE`` rows are at most a ``DICTIONARY_MAX_DISTINCT`` share distinct
     (an all-null sample counts as repetitive).
-    Dictionary-encoding distinct floats made the suite's tabular rows 6x slower to write, 1.4x
-    bigger and 1.5x slower to read than plain pages."""
+    Dictionary-encoding distinct floats made the suite's tabular rows several times slower to
+    write, and bigger and slower to read than plain pages."""
     sample = table.slice(0, DICTIONARY_SAMPLE)
     out = []
     for name in columns:
@@ -166,16 +167,15 @@ class DatasetWriter:
             raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}")
         if schema is not None and not isinstance(schema, Schema):
             raise InvalidArgumentError(f"schema must be a tensorstore_fs.Schema, got {type(schema).__name__}")
-        for name, val in (("row_group_bytes", row_group_bytes), ("shard_bytes", shard_bytes)):
-            if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
-                raise InvalidArgumentError(f"{name} must be a positive int, got {val!r}")
+        check_int("row_group_bytes", row_group_bytes)
+        check_int("shard_bytes", shard_bytes)
         self.storage = Storage(url, storage_options)
         self.mode = mode
         self.row_group_bytes = int(row_group_bytes)
         self.shard_bytes = int(shard_bytes)
         self.compression = compression
         # one data page per column chunk: a fixed-shape tensor chunk is then one run of raw bytes
-        # that readers map or gather without decoding (tensorstore_fs.pages); capped below
+        # that readers map or gather without decoding (tensorstore_fs.parquet.pages); capped below
         # Parquet's 2 GiB page limit
         self._page_bytes = min(max(2 * self.row_group_bytes, 1 << 20), 1 << 30)
         self.scalar_compression = scalar_compression
@@ -230,7 +230,7 @@ class DatasetWriter:
         self._stat_cols = stat_columns(schema)
         self._scalar_cols = [f.name for f in schema.fields if f.is_scalar]
         # the widest uncompressed fixed-shape tensor goes first in every row group, its values at a
-        # 64-byte aligned offset (tensorstore_fs.align): readers hand them out as they lie
+        # 64-byte aligned offset (tensorstore_fs.parquet.align): readers hand them out as they lie
         uncompressed = str(self.compression or "none").lower() == "none"
         candidates = [f for f in schema.fields if locatable(f)] if uncompressed else []
         self._aligned = max(candidates, key=lambda f: f.row_nbytes, default=None)
@@ -510,7 +510,7 @@ def write_dataset(
     DatasetExistsError
         ``mode="error"`` and something exists at ``url``.
     """
-    from .dataset import open_dataset
+    from .read.dataset import open_dataset
 
     batches: Iterable[Any] = [data] if _is_single_batch(data) else data
     writer = DatasetWriter(url, schema, mode=mode, storage_options=storage_options, **writer_options)

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import tensorstore_fs as tsfs
-from tensorstore_fs._thrift import decode_struct, encode_struct
-from tensorstore_fs.align import ALIGNMENT, AligningStream, header_length
-from tensorstore_fs.pages import plain_values_offset
+from tensorstore_fs.parquet.thrift import decode_struct, encode_struct
+from tensorstore_fs.parquet.align import ALIGNMENT, AligningStream, header_length
+from tensorstore_fs.parquet.pages import plain_values_offset
 
 
 def _footer(data: bytes) -> bytes:

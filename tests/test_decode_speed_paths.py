@@ -11,7 +11,7 @@ import tensorstore_fs as tsfs
 from tensorstore_fs.columns import normalize_batch
 from tensorstore_fs.encoding import arrow_schema, decode_column, encode_batch, pad_variable, shape_column, variable_values
 from tensorstore_fs.errors import CorruptDatasetError
-from tensorstore_fs.scan import read_batches
+from tensorstore_fs.parquet.batches import read_batches
 
 
 # ------------------------------------------------------------------------------------------------

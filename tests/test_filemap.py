@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 import tensorstore_fs as tsfs
-from tensorstore_fs.filemap import FileRows
-from tensorstore_fs.readers.torch import TorchDataset, _FileTensor
+from tensorstore_fs.parquet.filemap import FileRows
+from tensorstore_fs.readers._torch_handoff import FileTensor
+from tensorstore_fs.readers.torch import TorchDataset
 
 N = 700
 
@@ -44,9 +45,8 @@ def url(tmp_path_factory):
 
 def stream_batches(url, shuffle):
     t = TorchDataset(url, batch_size=32, shuffle=shuffle, seed=3)
-    t.stream.file_backed = True
     plan = t.stream.plan(0, 1)
-    return list(t.stream.iter_worker(plan, 0, 0, 1))
+    return list(t.stream.iter_worker(plan, 0, 0, 1, located="rows"))
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -87,7 +87,7 @@ def test_gathered_rows_recycle_only_released_arrays(url):
 
 def test_file_tensor_pickles_as_a_tensor(url):
     rows = stream_batches(url, shuffle=True)[0]["emb"]
-    payload = pickle.dumps(_FileTensor(rows))
+    payload = pickle.dumps(FileTensor(rows))
     assert len(payload) < 2000
     t = pickle.loads(payload)
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
@@ -160,8 +160,8 @@ def test_ring_slot_is_reused_only_after_every_reference_is_gone(url):
     # as the main process does
     from multiprocessing.reduction import ForkingPickler
 
-    from tensorstore_fs import _ring
-    from tensorstore_fs.readers.torch import _SlotTensor
+    from tensorstore_fs.readers import _ring
+    from tensorstore_fs.readers._torch_handoff import _SlotTensor
 
     if not _ring.available():
         pytest.skip("no memfd_create on this platform")
@@ -203,7 +203,7 @@ def test_ring_slot_is_reused_only_after_every_reference_is_gone(url):
 def test_rings_under_a_dataloader_keep_held_batches_intact(url, persistent):
     # a consumer that keeps every batch of two shuffled epochs: workers run out of free slots and
     # fall back to file locations; nothing a consumer holds is ever overwritten
-    from tensorstore_fs import _ring
+    from tensorstore_fs.readers import _ring
 
     if not _ring.available():
         pytest.skip("no memfd_create on this platform")
@@ -234,8 +234,8 @@ def test_large_decoded_batches_travel_through_the_ring(tmp_path, shuffle):
     # variable-length rows padded per batch (not file-located): each batch is well over the
     # inline limit, so workers copy it into a slot of their ring; a consumer keeping every batch
     # makes workers fall back to torch's shared memory once the slots run out
-    from tensorstore_fs import _ring
-    from tensorstore_fs.readers.torch import INLINE_BYTES
+    from tensorstore_fs.readers import _ring
+    from tensorstore_fs.readers._torch_handoff import INLINE_BYTES
 
     n = 600
     ids = np.arange(n)
@@ -266,7 +266,7 @@ def test_workers_without_shared_memory_fall_back(url, monkeypatch):
     # memory as before, and every value still arrives
     import os
 
-    from tensorstore_fs import _ring
+    from tensorstore_fs.readers import _ring
 
     def refuse(*args, **kwargs):
         raise OSError("memfd_create refused")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import tensorstore_fs as tsfs
-from tensorstore_fs import filemap, stream
+from tensorstore_fs.parquet import rowgroups
+from tensorstore_fs.read import stream
 from tensorstore_fs.readers.torch import TorchDataset
 from tensorstore_fs.writer import ROW_GROUP_ROW_ALIGNMENT, SHARD_ROW_ALIGNMENT, _aligned_rows
 
@@ -55,7 +56,7 @@ def test_sequential_batches_are_views_of_one_row_group(tmp_path, monkeypatch, ba
     url = str(tmp_path / "ds")
     tsfs.write_dataset(url, _data(3_000), SCHEMA, row_group_bytes=630 * 108)
     maps: list[np.ndarray] = []
-    monkeypatch.setattr(stream, "private_view", lambda *a: maps.append(filemap.private_view(*a)) or maps[-1])
+    monkeypatch.setattr(stream, "private_view", lambda *a: maps.append(rowgroups.private_view(*a)) or maps[-1])
     batches = list(TorchDataset(url, batch_size=batch_size, drop_last=True))
     assert len(batches) == 3_000 // batch_size and len(maps) == -(-3_000 // 512)  # one map a row group
     for b in batches:

@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import tensorstore_fs as tsfs
-from tensorstore_fs.pages import page_header, plain_values_offset
-from tensorstore_fs.plan import PlanSpec
-from tensorstore_fs.stream import PlannedStream, Selection, _Files
+from tensorstore_fs.parquet.pages import page_header, plain_values_offset
+from tensorstore_fs.parquet.rowgroups import FILES
+from tensorstore_fs.read.gather import Gatherer
+from tensorstore_fs.read.scan import open_shard
 
 SCHEMA = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("img", "uint8", (3, 5, 7)),
                       tsfs.Field("emb", "float32", (9,)), tsfs.Field("opt", "float32", (2,), nullable=True)])
@@ -24,13 +25,14 @@ def _data(n):
 
 
 def _views(ds, rg_index=0):
-    stream = PlannedStream(ds, PlanSpec(4), None, Selection.compute(ds))
-    files = _Files(ds)
+    """The columns a gathered row group views in the file instead of decoding them."""
+    ref = ds.row_groups[rg_index]
+    f = open_shard(ds.storage, ds.manifest, ref.shard, ds.storage_schema)
     try:
-        ref = ds.row_groups[rg_index]
-        return stream._direct_views(files.get(ref.shard), files.source(ref.shard), ref.row_group, stream.columns), ref
+        unit = Gatherer(ds.schema, ds.schema.names, "list").read_unit(f, ref.row_group, ds.schema.names)
+        return dict(unit._views), ref
     finally:
-        files.close()
+        FILES.checkin(f)
 
 
 def test_plain_tensor_pages_are_viewed_in_place(tmp_path):

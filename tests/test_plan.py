@@ -530,13 +530,13 @@ def test_large_plan_smoke():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(batch_size=4, remainder="x"), r"remainder must be one of"),
-    (dict(batch_size=0), r"batch_size must be an int >= 1, got 0"),
-    (dict(batch_size=-3), r"batch_size must be an int >= 1"),
-    (dict(batch_size=2.0), r"batch_size must be an int >= 1"),
-    (dict(batch_size=True), r"batch_size must be an int >= 1"),
-    (dict(batch_size=4, seed=-1), r"seed must be an int >= 0, got -1"),
-    (dict(batch_size=4, seed=1.5), r"seed must be an int >= 0"),
-    (dict(batch_size=4, window_rows=-8), r"window_rows must be an int >= 1"),
+    (dict(batch_size=0), r"batch_size must be a positive int, got 0"),
+    (dict(batch_size=-3), r"batch_size must be a positive int"),
+    (dict(batch_size=2.0), r"batch_size must be a positive int"),
+    (dict(batch_size=True), r"batch_size must be a positive int"),
+    (dict(batch_size=4, seed=-1), r"seed must be a non-negative int, got -1"),
+    (dict(batch_size=4, seed=1.5), r"seed must be a non-negative int"),
+    (dict(batch_size=4, window_rows=-8), r"window_rows must be a positive int"),
 ])
 def test_invalid_spec(kwargs, match):
     with pytest.raises(tsfs.InvalidArgumentError, match=match):
@@ -546,10 +546,10 @@ def test_invalid_spec(kwargs, match):
 @pytest.mark.parametrize("counts,epoch,world,match", [
     ([3, -1, 2], 0, 2, r"non-negative row counts"),
     ([[1, 2], [3, 4]], 0, 2, r"1-D array"),
-    ([3, 4], 0, 0, r"world_size must be an int >= 1, got 0"),
-    ([3, 4], 0, -2, r"world_size must be an int >= 1"),
-    ([3, 4], -1, 2, r"epoch must be an int >= 0, got -1"),
-    ([3, 4], 0, 2.0, r"world_size must be an int >= 1"),
+    ([3, 4], 0, 0, r"world_size must be a positive int, got 0"),
+    ([3, 4], 0, -2, r"world_size must be a positive int"),
+    ([3, 4], -1, 2, r"epoch must be a non-negative int, got -1"),
+    ([3, 4], 0, 2.0, r"world_size must be a positive int"),
 ])
 def test_invalid_plan(counts, epoch, world, match):
     with pytest.raises(tsfs.InvalidArgumentError, match=match):
@@ -557,9 +557,9 @@ def test_invalid_plan(counts, epoch, world, match):
 
 
 @pytest.mark.parametrize("args,match", [
-    ((0, 1, 0), r"world_size must be an int >= 1, got 0"),
-    ((2, 0, 0), r"num_workers must be an int >= 1, got 0"),
-    ((2, 1, -1), r"consumed_batches must be an int >= 0, got -1"),
+    ((0, 1, 0), r"world_size must be a positive int, got 0"),
+    ((2, 0, 0), r"num_workers must be a positive int, got 0"),
+    ((2, 1, -1), r"consumed_batches must be a non-negative int, got -1"),
 ])
 def test_invalid_segment(args, match):
     with pytest.raises(tsfs.InvalidArgumentError, match=match):

@@ -1,4 +1,4 @@
-"""RaggedRows: flat values plus offsets for variable-shape fields (``to_batches(flat_variable=True)``)."""
+"""RaggedRows: flat values plus offsets for variable-shape fields (``to_batches(variable="flat")``)."""
 
 from __future__ import annotations
 
@@ -67,20 +67,40 @@ def test_values_not_element_aligned_in_the_payload_are_copied_once():
     assert np.array_equal(flat.values, [1, 2, 3, 4, 5, 6]) and np.array_equal(flat.offsets, [0, 2, 2, 6])
 
 
-def test_to_batches_flat_variable(tmp_path):
+def test_to_batches_variable_flat(tmp_path):
     rng = np.random.default_rng(2)
     toks = [rng.integers(0, 1000, int(rng.integers(0, 30))).astype(np.int32) for _ in range(700)]
     schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("toks", "int32", (None,))])
     ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(700), "toks": toks}, schema, row_group_bytes=4000)
     assert len(ds.row_groups) > 3
-    batches = list(ds.to_batches(batch_size=100, flat_variable=True))
+    batches = list(ds.to_batches(batch_size=100, variable="flat"))
     assert [len(b["toks"]) for b in batches] == [100] * 7
     got = [r for b in batches for r in b["toks"]]
     assert all(np.array_equal(a, b) for a, b in zip(got, toks))
-    empty = list(ds.to_batches(batch_size=100, flat_variable=True, filter=pa.compute.field("id") < 0))
+    empty = list(ds.to_batches(batch_size=100, variable="flat", filter=pa.compute.field("id") < 0))
     assert empty == []
-    with pytest.raises(tsfs.InvalidArgumentError, match="exclusive"):
+    with pytest.raises(tsfs.InvalidArgumentError, match=r"variable must be one of \('list', 'pad', 'flat'\), got 'ragged'"):
+        ds.to_batches(variable="ragged")
+
+
+def test_the_old_variable_keywords_still_work_and_warn(tmp_path):
+    schema = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("toks", "int32", (None,))])
+    ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(50), "toks": [np.arange(i % 4) for i in range(50)]},
+                            schema)
+    for old, new in (({"flat_variable": True}, "flat"), ({"pad_variable": True}, "pad"),
+                     ({"pad_variable": False, "flat_variable": False}, "list")):
+        with pytest.warns(DeprecationWarning, match="variable="):
+            got = list(ds.to_batches(batch_size=20, **old))
+        want = list(ds.to_batches(batch_size=20, variable=new))
+        assert [list(b) for b in got] == [list(b) for b in want]
+        for b, w in zip(got, want):
+            assert type(b["toks"]) is type(w["toks"])
+        with pytest.warns(DeprecationWarning):
+            assert type(next(iter(ds.scanner(**old)))["toks"]) is type(want[0]["toks"])
+    with pytest.warns(DeprecationWarning), pytest.raises(tsfs.InvalidArgumentError, match="exclusive"):
         ds.to_batches(pad_variable=True, flat_variable=True)
+    with pytest.warns(DeprecationWarning), pytest.raises(tsfs.InvalidArgumentError, match="not with"):
+        ds.to_batches(variable="pad", pad_variable=True)
 
 
 @pytest.mark.parametrize("shape", [(None,), (None, 2), (2, None)])

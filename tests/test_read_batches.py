@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tensorstore_fs.scan import read_batches
+from tensorstore_fs.parquet.batches import read_batches
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_to_batches_maps_plain_tensor_pages_privately(tmp_path, monkeypatch):
     # aligning copy): values exact, batches spanning row groups joined, every array writable,
     # and a write never reaches another batch, the file or a later read
     import tensorstore_fs as tsfs
-    import tensorstore_fs.scan as scan
+    import tensorstore_fs.parquet.rowgroups as rowgroups
 
     n = 2000
     ids = np.arange(n)
@@ -73,8 +73,8 @@ def test_to_batches_maps_plain_tensor_pages_privately(tmp_path, monkeypatch):
                           tsfs.Field("emb", "float32", (5,)), tsfs.Field("opt", "float32", (2,), nullable=True)])
     ds = tsfs.write_dataset(str(tmp_path / "ds"), cols, schema, row_group_bytes=20_000, shard_bytes=60_000)
     maps = []
-    real = scan.private_view
-    monkeypatch.setattr(scan, "private_view", lambda *a: maps.append(a) or real(*a))
+    real = rowgroups.private_view
+    monkeypatch.setattr(rowgroups, "private_view", lambda *a: maps.append(a) or real(*a))
     for bs in (7, 300):
         batches = list(ds.to_batches(batch_size=bs))
         assert maps, "the mapped path was not taken"
@@ -100,21 +100,21 @@ def test_to_batches_with_row_groups_that_cannot_be_mapped(tmp_path, monkeypatch)
     # a shard whose later row groups store a tensor column otherwise (another writer, several
     # pages): those row groups decode that column, the others keep their maps; values exact
     import tensorstore_fs as tsfs
-    import tensorstore_fs.scan as scan
+    import tensorstore_fs.parquet.rowgroups as rowgroups
 
     n = 3000
     ids = np.arange(n)
     image = (ids[:, None] % 251 + np.arange(48)).astype(np.uint8).reshape(n, 3, 4, 4)
     ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": ids, "image": image}, row_group_bytes=20_000)
     assert len(ds.row_groups) > 4 and len(ds.shards) == 1
-    real = scan.plain_values_offset
+    real = rowgroups.plain_values_offset
     calls = []
 
     def every_other(read_at, column, rows, nbytes):
         calls.append(1)
         return real(read_at, column, rows, nbytes) if len(calls) % 2 else None
 
-    monkeypatch.setattr(scan, "plain_values_offset", every_other)
+    monkeypatch.setattr(rowgroups, "plain_values_offset", every_other)
     batches = list(ds.to_batches(batch_size=64))
     assert len(calls) > 2
     np.testing.assert_array_equal(np.concatenate([b["id"] for b in batches]), ids)
@@ -124,13 +124,14 @@ def test_to_batches_with_row_groups_that_cannot_be_mapped(tmp_path, monkeypatch)
 def test_rows_hint_is_validated_and_changes_no_rows(tmp_path):
     import tensorstore_fs as tsfs
     from tensorstore_fs.errors import InvalidArgumentError
-    from tensorstore_fs.scan import Scanner
+    from tensorstore_fs.read import ReadOptions
+    from tensorstore_fs.read.scan import Scanner
 
     ds = tsfs.write_dataset(str(tmp_path / "ds"), {"id": np.arange(5000)}, row_group_bytes=8000)
     for bad in (0, -3, 2.5, "10", True):
         with pytest.raises(InvalidArgumentError, match="rows_hint"):
-            Scanner(ds.storage, ds.manifest, rows_hint=bad)
-    hinted = Scanner(ds.storage, ds.manifest, batch_size=700, rows_hint=10)
+            Scanner(ds.storage, ds.manifest, ReadOptions(), rows_hint=bad)
+    hinted = Scanner(ds.storage, ds.manifest, ReadOptions(batch_size=700), rows_hint=10)
     assert np.array_equal(np.concatenate([b["id"] for b in hinted]), np.arange(5000))
     assert np.array_equal(ds.head(3)["id"], [0, 1, 2])
 
@@ -146,15 +147,38 @@ def _same(a, b) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
 
 
+def _decoded_one_by_one(scanner):
+    """The reference: every matching row in storage layout, cut into batches, each decoded on its own."""
+    import pyarrow as pa
+
+    from tensorstore_fs.encoding import decode_column
+
+    tables = list(scanner.row_group_tables())
+    if not tables:
+        return []
+    table = pa.concat_tables(tables)
+    out = []
+    for start in range(0, table.num_rows, scanner.batch_size):
+        t = table.slice(start, scanner.batch_size)
+        if scanner.drop_last and t.num_rows < scanner.batch_size:
+            break
+        batch = {}
+        for f in scanner._fields:
+            batch.update(decode_column(t, f, pad=scanner.variable == "pad", flat=scanner.variable == "flat"))
+        out.append(batch)
+    return out
+
+
 @pytest.mark.parametrize("filtered", [False, True], ids=["all", "filter"])
 def test_batches_cut_from_one_decode_equal_batches_decoded_one_by_one(tmp_path, filtered):
     # Scanner.__iter__ decodes the rest of a table read once and slices later batches from it;
-    # every batch must equal decoding that batch's own rows (iter_tables + decode), whatever the
+    # every batch must equal decoding that batch's own rows (_decoded_one_by_one), whatever the
     # batch size, shard boundaries, nulls, strings, variable-shape rows or drop_last
     import pyarrow.compute as pc
 
     import tensorstore_fs as tsfs
-    from tensorstore_fs.scan import Scanner
+    from tensorstore_fs.read import ReadOptions
+    from tensorstore_fs.read.scan import Scanner
 
     n = 3000
     ids = np.arange(n)
@@ -174,19 +198,18 @@ def test_batches_cut_from_one_decode_equal_batches_decoded_one_by_one(tmp_path, 
     flt = (pc.field("label") != 3) if filtered else None
     for bs in (1, 5, 64, 333, 5000):
         for drop_last in (False, True):
-            def scanner():
-                return Scanner(ds.storage, ds.manifest, batch_size=bs, drop_last=drop_last, filter=flt)
-            plain = scanner()
-            one_by_one = [plain.decode(t) for t in plain.iter_tables()]
+            def scanner(variable="list"):
+                return Scanner(ds.storage, ds.manifest, ReadOptions(batch_size=bs, drop_last=drop_last, filter=flt,
+                                                                    variable=variable))
+            one_by_one = _decoded_one_by_one(scanner())
             cut = list(scanner())
             assert len(cut) == len(one_by_one)
             for got, want in zip(cut, one_by_one):
                 assert list(got) == list(want)
                 for k in want:
                     assert _same(got[k], want[k]), (bs, drop_last, k)
-            # flat_variable: the same rows as RaggedRows views of the same decoded values
-            flat = list(Scanner(ds.storage, ds.manifest, batch_size=bs, drop_last=drop_last, filter=flt,
-                                flat_variable=True))
+            # variable="flat": the same rows as RaggedRows views of the same decoded values
+            flat = list(scanner("flat"))
             assert len(flat) == len(one_by_one)
             for got, want in zip(flat, one_by_one):
                 for k in ("tokens", "boxes"):
@@ -196,12 +219,9 @@ def test_batches_cut_from_one_decode_equal_batches_decoded_one_by_one(tmp_path, 
                     assert np.array_equal(got[k].lengths, [0 if r is None else r.size for r in want[k]])
                     values = got[k].values[got[k].offsets[0]:got[k].offsets[-1]]
                     assert np.array_equal(values, np.concatenate([r.reshape(-1) for r in live]) if live else [])
-            # pad_variable: decoded flat once, padded per batch; equal to padding each batch's own decode
-            padded = Scanner(ds.storage, ds.manifest, batch_size=bs, drop_last=drop_last, filter=flt,
-                             pad_variable=True)
-            one_by_one_padded = [padded.decode(t) for t in padded.iter_tables()]
-            cut_padded = list(Scanner(ds.storage, ds.manifest, batch_size=bs, drop_last=drop_last, filter=flt,
-                                      pad_variable=True))
+            # variable="pad": decoded flat once, padded per batch; equal to padding each batch's own decode
+            one_by_one_padded = _decoded_one_by_one(scanner("pad"))
+            cut_padded = list(scanner("pad"))
             assert len(cut_padded) == len(one_by_one_padded)
             for got, want in zip(cut_padded, one_by_one_padded):
                 assert list(got) == list(want)

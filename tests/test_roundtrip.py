@@ -555,7 +555,7 @@ def write_and_check(data, schema, form, where, tmp_root):
         names = [schema.names[i] for i in sorted(prng.choice(len(schema), size=k, replace=False))]
         if prng.random() < 0.5:
             names = names[::-1]
-        batches = list(ds.to_batches(columns=names, batch_size=batch_size, pad_variable=pad))
+        batches = list(ds.to_batches(columns=names, batch_size=batch_size, variable="pad" if pad else "list"))
         check_batches(batches, batch_size, n, names, schema, expected, pad=pad)
         return len(ds.shards), sum(len(s.row_groups) for s in ds.shards)
 
@@ -568,7 +568,7 @@ params_st = st.tuples(
     st.integers(1, 400),                  # row_group_bytes
     st.integers(1, 3000),                 # shard_bytes
     st.integers(1, 17),                   # batch_size
-    st.booleans(),                        # pad_variable for the projected read
+    st.booleans(),                        # variable="pad" for the projected read
     st.integers(0, 2**32 - 1),            # projection seed
 )
 
@@ -728,17 +728,17 @@ def test_to_table_single_chunk_equals_input_tensor():
 
 
 # ------------------------------------------------------------------------------------------------
-# pad_variable, projection, empty datasets
+# variable="pad", projection, empty datasets
 # ------------------------------------------------------------------------------------------------
 
-def test_pad_variable_output():
+def test_variable_pad_output():
     rows = [np.arange(6, dtype=np.int16).reshape(3, 2), None, np.zeros((0, 2), np.int16), np.full((1, 2), -7, np.int16)]
     schema = tsfs.Schema([tsfs.Field("v", "int16", (None, 2), nullable=True), tsfs.Field("i", "int32")])
     with dataset_url("memory") as url:
         ds = tsfs.write_dataset(url, {"v": rows, "i": np.arange(4, dtype=np.int32)}, schema, row_group_bytes=8)
-        (b,) = list(ds.to_batches(batch_size=10, pad_variable=True))
-        (b2,) = list(ds.to_batches(batch_size=10, columns=["i"], pad_variable=True))
-        tail = list(ds.to_batches(batch_size=2, pad_variable=True))
+        (b,) = list(ds.to_batches(batch_size=10, variable="pad"))
+        (b2,) = list(ds.to_batches(batch_size=10, columns=["i"], variable="pad"))
+        tail = list(ds.to_batches(batch_size=2, variable="pad"))
     assert list(b) == ["v", "v__shape", "i"]
     assert b["v"].shape == (4, 3, 2) and b["v"].dtype == np.int16
     assert b["v__shape"].tolist() == [[3, 2], [0, 0], [0, 2], [1, 2]]
@@ -797,6 +797,24 @@ def test_zero_rows(form):
 # Arrow offsets in decoding
 # ------------------------------------------------------------------------------------------------
 
+def _storage_batches(tables, size):
+    """Storage-layout tables cut into tables of ``size`` rows (the last may be shorter): slices of
+    one table, or a concatenation of the ends of several."""
+    out, pending, have = [], [], 0
+    for t in tables:
+        start = 0
+        while start < t.num_rows:
+            take = min(size - have, t.num_rows - start)
+            pending.append(t.slice(start, take))
+            have, start = have + take, start + take
+            if have == size:
+                out.append(pending[0] if len(pending) == 1 else pa.concat_tables(pending))
+                pending, have = [], 0
+    if pending:
+        out.append(pa.concat_tables(pending))
+    return out
+
+
 def test_decoding_honours_arrow_offsets():
     """batch_size 3 against row groups whose sizes it does not divide, then decode_column and
     to_arrow_tensor straight on sliced storage tables."""
@@ -816,18 +834,18 @@ def test_decoding_honours_arrow_offsets():
         everything = pc.field("i").is_null() | pc.field("i").is_valid()
         for filt in [None, everything]:
             scanner = ds.scanner(batch_size=3, filter=filt)
-            tables = list(scanner.iter_tables())
+            tables = _storage_batches(scanner.row_group_tables(), 3)
             if filt is not None:
                 # row groups read one by one: batches are slices at non-zero offsets of row
                 # groups, or concatenations of such slices
                 assert any(c.offset > 0 for t in tables for col in t.columns for c in col.chunks)
                 assert any(col.num_chunks > 1 for t in tables for col in t.columns)
-            batches = [scanner.decode(t) for t in tables]
+            batches = [{k: v for f in schema.fields for k, v in decode_column(t, f).items()} for t in tables]
             check_batches(batches, 3, n, schema.names, schema, expected)
             fixed = np.ma.concatenate([b["t"] for b in batches])
             assert np.array_equal(np.ma.getdata(fixed)[expected["t"]["valid"]],
                                   expected["t"]["values"][expected["t"]["valid"]])
-        storage_table = pa.concat_tables(list(ds.scanner(batch_size=10**9).iter_tables())).combine_chunks()
+        storage_table = pa.concat_tables(list(ds.scanner(batch_size=10**9).row_group_tables())).combine_chunks()
 
     # decode_column straight on sliced storage-layout tables, at many offsets
     for off in range(0, n, 3):

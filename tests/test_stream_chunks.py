@@ -7,7 +7,8 @@ import pyarrow.compute as pc
 import pytest
 
 import tensorstore_fs as tsfs
-from tensorstore_fs.stream import _group_batches, open_stream
+from tensorstore_fs.read import ReadOptions, open_stream
+from tensorstore_fs.read.pieces import group_batches
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,10 @@ def url(tmp_path_factory):
 @pytest.mark.parametrize("filtered", [False, True])
 @pytest.mark.parametrize("chunk_rows", [0, 1, 64, 100, 10_000])
 def test_chunks_are_the_batches_regrouped(url, shuffle, filtered, chunk_rows):
-    stream, _ = open_stream(url, None, (pc.field("id") > 100) & (pc.field("id") < 1300) if filtered else None, None, 32, shuffle=shuffle,
-                            seed=1, remainder="pad", drop_last=False, rank=1, world_size=2, window_bytes=20000,
-                            pad_variable=False, with_row_ids=True, version=None, storage_options=None)
+    flt = (pc.field("id") > 100) & (pc.field("id") < 1300) if filtered else None
+    options = ReadOptions(None, flt, None, 32, shuffle=shuffle, seed=1, remainder="pad", window_bytes=20000,
+                          with_row_ids=True)
+    stream, _ = open_stream(url, options, rank=1, world_size=2)
     plan = stream.plan(0, 2)
     for worker in range(2):
         batches = list(stream.iter_worker(plan, 1, worker, 2))
@@ -46,10 +48,10 @@ def test_chunks_are_the_batches_regrouped(url, shuffle, filtered, chunk_rows):
                 start, i = start + n, i + 1
 
 
-def test_group_batches():
+def testgroup_batches():
     b = [(np.arange(n), np.zeros(n, bool)) for n in (4, 4, 4, 3, 4)]
-    assert [[len(x[0]) for x in g] for g in _group_batches(b, 8)] == [[4, 4], [4], [3], [4]]
-    assert [[len(x[0]) for x in g] for g in _group_batches(b, 0)] == [[4], [4], [4], [3], [4]]
-    assert [[len(x[0]) for x in g] for g in _group_batches(b, 2)] == [[4], [4], [4], [3], [4]]
-    assert [[len(x[0]) for x in g] for g in _group_batches(b, 8, first_alone=True)] == [[4], [4, 4], [3], [4]]
-    assert [[len(x[0]) for x in g] for g in _group_batches(b, 0, first_alone=True)] == [[4], [4], [4], [3], [4]]
+    assert [[len(x[0]) for x in g] for g in group_batches(b, 8)] == [[4, 4], [4], [3], [4]]
+    assert [[len(x[0]) for x in g] for g in group_batches(b, 0)] == [[4], [4], [4], [3], [4]]
+    assert [[len(x[0]) for x in g] for g in group_batches(b, 2)] == [[4], [4], [4], [3], [4]]
+    assert [[len(x[0]) for x in g] for g in group_batches(b, 8, first_alone=True)] == [[4], [4, 4], [3], [4]]
+    assert [[len(x[0]) for x in g] for g in group_batches(b, 0, first_alone=True)] == [[4], [4], [4], [3], [4]]

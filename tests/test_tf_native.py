@@ -170,10 +170,23 @@ def test_sequential_batches_are_the_mapped_file_bytes(aligned_url, native_op, mo
     want = ((ids[:, None] * 3 + np.arange(128)) % 256).astype(np.uint8).reshape(-1, 4, 4, 8)
     np.testing.assert_array_equal(np.concatenate(image), want)
 
-    monkeypatch.setenv("TSFS_TF_ZERO_COPY", "0")
-    copied = list(make_tf_dataset(aligned_url, batch_size=32))
-    assert not any(mapped_file(np.asarray(b["image"])) in shards for b in copied)
-    np.testing.assert_array_equal(np.concatenate([b["image"].numpy() for b in copied]), want)
+    for copied in (list(make_tf_dataset(aligned_url, batch_size=32, zero_copy=False)),
+                   _with_env(monkeypatch, "TSFS_TF_ZERO_COPY", "0",
+                             lambda: list(make_tf_dataset(aligned_url, batch_size=32)))):
+        assert not any(mapped_file(np.asarray(b["image"])) in shards for b in copied)
+        np.testing.assert_array_equal(np.concatenate([b["image"].numpy() for b in copied]), want)
+    # the argument wins over the environment variable
+    again = _with_env(monkeypatch, "TSFS_TF_ZERO_COPY", "0",
+                      lambda: list(make_tf_dataset(aligned_url, batch_size=32, zero_copy=True)))
+    assert all(os.path.realpath(mapped_file(np.asarray(b["image"]))) in shards for b in again)
+    with pytest.raises(tsfs.InvalidArgumentError, match="zero_copy must be None, True or False, got 'no'"):
+        make_tf_dataset(aligned_url, zero_copy="no")
+
+
+def _with_env(monkeypatch, name, value, make):
+    with monkeypatch.context() as m:
+        m.setenv(name, value)
+        return make()
 
 
 def test_a_kept_mapped_batch_outlives_its_deleted_file(aligned_url, native_op, tmp_path):
@@ -261,9 +274,9 @@ def test_rows_that_cannot_be_located_travel_inline(tmp_path, native_op):
 def rebuilt(monkeypatch):
     """``monkeypatch`` for the environment of the next build; the loaded gather is forgotten
     before and after the test (so later tests load the real one again)."""
-    _tf_native.reset()
+    _tf_native._state.clear()
     yield monkeypatch
-    _tf_native.reset()
+    _tf_native._state.clear()
 
 
 def falls_back(url: str, caplog, *why: str) -> None:

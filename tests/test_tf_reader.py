@@ -340,7 +340,8 @@ def test_resume_twice_in_one_epoch_continues_exactly(url):
 def test_columns_tensorflow_cannot_use_in_place_are_copied_once_into_aligned_memory():
     # TensorFlow kernels abort on buffers that are not 64-byte aligned: such columns (and
     # read-only or strided ones) cross as one aligned copy, others zero-copy through DLPack
-    from tensorstore_fs.readers.tf import ALIGN, _to_tensor
+    from tensorstore_fs.read import ALIGN
+    from tensorstore_fs.readers._tf_transport import to_tensor as _to_tensor
 
     raw = np.arange(4 * 100 + 64, dtype=np.uint8)
     base = raw[-raw.ctypes.data % ALIGN + 4:][:400]  # 4 bytes past an aligned address

@@ -244,7 +244,7 @@ def test_worker_hand_off_forms():
     # shared block; both arrive as writable tensors with the values sent
     from multiprocessing.reduction import ForkingPickler
 
-    from tensorstore_fs.readers.torch import INLINE_BYTES, share_batch
+    from tensorstore_fs.readers._torch_handoff import INLINE_BYTES, share_batch
 
     small = {"id": torch.arange(256), "label": torch.arange(256, dtype=torch.int32) % 10, "name": ["a"] * 256}
     sent = share_batch(small)
@@ -266,7 +266,7 @@ def test_worker_hand_off_forms():
         assert all(v.data_ptr() % 64 == 0 for v in got.values())
 
     # with a shared ring (Linux): the dense tensors share one slot, attached once per batch
-    from tensorstore_fs import _ring
+    from tensorstore_fs.readers import _ring
     if _ring.available():
         got = ForkingPickler.loads(ForkingPickler.dumps(share_batch(big)))
         check(got)

@@ -1,4 +1,4 @@
-"""World: validation, and detection from arguments, the environment, torch.distributed and DataLoader workers."""
+"""World: validation, and detection from arguments, the environment, torch.distributed and inside DataLoader workers."""
 
 from __future__ import annotations
 
@@ -21,56 +21,45 @@ def no_dist_env(monkeypatch):
 # -- validation -------------------------------------------------------------------------------------
 
 def test_defaults_and_fields():
-    assert World() == World(0, 1, 0, 1)
-    w = World(rank=3, world_size=8, worker=1, num_workers=4)
-    assert (w.rank, w.world_size, w.worker, w.num_workers) == (3, 8, 1, 4)
-    assert w.with_workers(2, 3) == World(3, 8, 2, 3)
-    assert w == World(3, 8, 1, 4) and hash(w) == hash(World(3, 8, 1, 4))
+    assert World() == World(0, 1)
+    w = World(rank=3, world_size=8)
+    assert (w.rank, w.world_size) == (3, 8)
+    assert w == World(3, 8) and hash(w) == hash(World(3, 8))
     with pytest.raises(dataclasses.FrozenInstanceError):
         w.rank = 0  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(world_size=0), r"world_size must be an int >= 1, got 0"),
-    (dict(world_size=-4), r"world_size must be an int >= 1, got -4"),
-    (dict(num_workers=0), r"num_workers must be an int >= 1, got 0"),
-    (dict(rank=-1, world_size=2), r"rank must be an int >= 0, got -1"),
-    (dict(worker=-1, num_workers=2), r"worker must be an int >= 0, got -1"),
+    (dict(world_size=0), r"world_size must be a positive int, got 0"),
+    (dict(world_size=-4), r"world_size must be a positive int, got -4"),
+    (dict(rank=-1, world_size=2), r"rank must be a non-negative int, got -1"),
     (dict(rank=2, world_size=2), r"rank must be < world_size \(2\), got 2"),
     (dict(rank=9, world_size=4), r"rank must be < world_size \(4\), got 9"),
-    (dict(worker=1, num_workers=1), r"worker must be < num_workers \(1\), got 1"),
-    (dict(worker=5, num_workers=3), r"worker must be < num_workers \(3\), got 5"),
-    (dict(rank=True, world_size=2), r"rank must be an int >= 0, got True"),
-    (dict(rank=1.0, world_size=2), r"rank must be an int >= 0, got 1.0"),
-    (dict(rank="0"), r"rank must be an int >= 0, got '0'"),
-    (dict(world_size=None), r"world_size must be an int >= 1, got None"),
-    (dict(num_workers=2.5), r"num_workers must be an int >= 1"),
+    (dict(rank=True, world_size=2), r"rank must be a non-negative int, got True"),
+    (dict(rank=1.0, world_size=2), r"rank must be a non-negative int, got 1.0"),
+    (dict(rank="0"), r"rank must be a non-negative int, got '0'"),
+    (dict(world_size=None), r"world_size must be a positive int, got None"),
 ])
 def test_invalid_world(kwargs, match):
     with pytest.raises(tsfs.InvalidArgumentError, match=match):
         World(**kwargs)
 
 
-def test_with_workers_validates():
-    with pytest.raises(tsfs.InvalidArgumentError, match=r"worker must be < num_workers \(2\), got 2"):
-        World(1, 2).with_workers(2, 2)
-
-
 # -- detection --------------------------------------------------------------------------------------
 
 def test_detect_default_is_single_process():
-    assert World.detect() == World(0, 1, 0, 1)
+    assert World.detect() == World(0, 1)
 
 
 def test_detect_without_torch_imported(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch", raising=False)
-    assert World.detect() == World(0, 1, 0, 1)
-    assert World.detect(2, 3) == World(2, 3, 0, 1)
+    assert World.detect() == World(0, 1)
+    assert World.detect(2, 3) == World(2, 3)
 
 
 def test_detect_explicit_arguments():
-    assert World.detect(rank=3, world_size=8) == World(3, 8, 0, 1)
-    assert World.detect(0, 1) == World(0, 1, 0, 1)
+    assert World.detect(rank=3, world_size=8) == World(3, 8)
+    assert World.detect(0, 1) == World(0, 1)
 
 
 def test_detect_arguments_win_over_env(monkeypatch):
@@ -88,9 +77,9 @@ def test_detect_needs_both_or_neither(kwargs):
 
 @pytest.mark.parametrize("rank,world_size,match", [
     (2, 2, r"rank must be < world_size \(2\), got 2"),
-    (-1, 2, r"rank must be an int >= 0, got -1"),
-    (0, 0, r"world_size must be an int >= 1, got 0"),
-    (0.0, 1, r"rank must be an int >= 0, got 0.0"),
+    (-1, 2, r"rank must be a non-negative int, got -1"),
+    (0, 0, r"world_size must be a positive int, got 0"),
+    (0.0, 1, r"rank must be a non-negative int, got 0.0"),
 ])
 def test_detect_invalid_arguments(rank, world_size, match):
     with pytest.raises(tsfs.InvalidArgumentError, match=match):
@@ -100,10 +89,10 @@ def test_detect_invalid_arguments(rank, world_size, match):
 def test_detect_from_env(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert World.detect() == World(3, 4, 0, 1)
+    assert World.detect() == World(3, 4)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert World.detect() == World(0, 1, 0, 1)
+    assert World.detect() == World(0, 1)
 
 
 @pytest.mark.parametrize("rank,world_size,match", [
@@ -112,8 +101,8 @@ def test_detect_from_env(monkeypatch):
     ("", "2", r"RANK='' / WORLD_SIZE='2' are not integers"),
     ("1.0", "2", r"are not integers"),
     ("4", "4", r"rank must be < world_size \(4\), got 4"),
-    ("-1", "4", r"rank must be an int >= 0, got -1"),
-    ("0", "0", r"world_size must be an int >= 1, got 0"),
+    ("-1", "4", r"rank must be a non-negative int, got -1"),
+    ("0", "0", r"world_size must be a positive int, got 0"),
 ])
 def test_detect_bad_env(monkeypatch, rank, world_size, match):
     monkeypatch.setenv("RANK", rank)
@@ -129,11 +118,11 @@ def test_detect_from_torch_distributed(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 5)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 7)
-    assert World.detect() == World(5, 7, 0, 1)
+    assert World.detect() == World(5, 7)
     monkeypatch.setenv("RANK", "1")  # the launcher's environment comes first
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert World.detect() == World(1, 2, 0, 1)
-    assert World.detect(0, 3) == World(0, 3, 0, 1)  # and explicit arguments before both
+    assert World.detect() == World(1, 2)
+    assert World.detect(0, 3) == World(0, 3)  # and explicit arguments before both
 
 
 # -- inside DataLoader workers ----------------------------------------------------------------------
@@ -145,7 +134,7 @@ def _world_dataset():
     class WorldFields(IterableDataset):
         def __iter__(self):
             w = World.detect()
-            yield torch.tensor([w.rank, w.world_size, w.worker, w.num_workers])
+            yield torch.tensor([w.rank, w.world_size])
 
     return torch, WorldFields()
 
@@ -157,6 +146,5 @@ def test_detect_in_dataloader_workers(monkeypatch):
     monkeypatch.setenv("RANK", "1")  # inherited by the workers
     monkeypatch.setenv("WORLD_SIZE", "3")
     seen = [tuple(t.tolist()) for t in DataLoader(ds, batch_size=None, num_workers=2)]
-    assert sorted(seen) == [(1, 3, 0, 2), (1, 3, 1, 2)]
-    # num_workers=0: the main process reads, worker 0 of 1
-    assert [tuple(t.tolist()) for t in DataLoader(ds, batch_size=None, num_workers=0)] == [(1, 3, 0, 1)]
+    assert seen == [(1, 3), (1, 3)]  # every worker of the rank sees the rank's world
+    assert [tuple(t.tolist()) for t in DataLoader(ds, batch_size=None, num_workers=0)] == [(1, 3)]

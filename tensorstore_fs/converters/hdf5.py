@@ -24,8 +24,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .. import __version__
+from .._checks import check_int
 from .._progress import progress_bar
-from ..dataset import Dataset, open_dataset
+from ..read.dataset import Dataset, open_dataset
 from ..errors import (
     CorruptDatasetError,
     DatasetExistsError,
@@ -68,14 +69,6 @@ def _pow2_rows(row_bytes: int, budget: int) -> int:
 
 def _row_bytes(f: Field) -> int:
     return f.row_nbytes if not (f.is_variable or f.dtype in ("string", "bytes")) else TEXT_ROW_BYTES
-
-
-def _positive(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise InvalidArgumentError(f"{name} must be a positive int or None, got {value!r}")
-    return int(value)
 
 
 def _prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
@@ -370,8 +363,8 @@ def to_hdf5(
     h5py = _h5py()
     ds = ds_or_url if isinstance(ds_or_url, Dataset) else open_dataset(ds_or_url, storage_options=storage_options)
     filters = _filters(compression, compression_opts)
-    chunk_rows = _positive("chunk_rows", chunk_rows)
-    batch_size = _positive("batch_size", batch_size)
+    chunk_rows = check_int("chunk_rows", chunk_rows, allow_none=True)
+    batch_size = check_int("batch_size", batch_size, allow_none=True)
     target = _check_target(path, overwrite)
     probe = ds.scanner(columns, filter, predicate)  # validates columns, filter and predicate
     schema = ds.schema.select(probe.columns)
@@ -655,7 +648,7 @@ def from_hdf5(
     Everything goes through one :class:`DatasetWriter`: a failure part-way commits nothing.
     """
     h5py = _h5py()
-    batch_rows = _positive("batch_rows", batch_rows)
+    batch_rows = check_int("batch_rows", batch_rows, allow_none=True)
     if schema is not None and not isinstance(schema, Schema):
         raise InvalidArgumentError(f"schema must be a tensorstore_fs.Schema, got {type(schema).__name__}")
     where = _open_file(path, h5py)

@@ -30,9 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._checks import check_int
 from .._progress import progress_bar
-from ..dataset import Dataset, open_dataset
-from ..errors import CorruptDatasetError, DatasetNotFoundError, InvalidArgumentError, UnsupportedFormatError
+from ..read.dataset import Dataset, open_dataset
+from ..errors import CorruptDatasetError, DatasetNotFoundError, UnsupportedFormatError
 from ..storage import Storage
 from ..writer import DatasetWriter
 from ._petastorm_schema import UNISCHEMA_KEY, PetastormField, PetastormSchema, parse_unischema
@@ -468,8 +469,7 @@ def from_petastorm(
 
     Nothing is committed at ``dest_url`` when an error is raised.
     """
-    if not isinstance(batch_rows, (int, np.integer)) or isinstance(batch_rows, bool) or batch_rows < 1:
-        raise InvalidArgumentError(f"batch_rows must be a positive int, got {batch_rows!r}")
+    check_int("batch_rows", batch_rows)
     src = Storage(url, storage_options)
     pschema = parse_unischema(_unischema_bytes(src), f"{src.url}/_common_metadata")
     fields = pschema.select(columns)

@@ -27,7 +27,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from .._progress import progress_bar
-from ..dataset import Dataset, open_dataset
+from ..read.dataset import Dataset, open_dataset
 from ..errors import (
     CorruptDatasetError,
     DatasetExistsError,

@@ -1,13 +1,12 @@
 """The tf.data adapter's native row gather (``_tf_gather.cc``), built on first use.
 
 Fixed-shape tensor columns of local shards are plain runs of bytes in the files
-(:mod:`tensorstore_fs.pages`). With this kernel the adapter's Python side only says where a
+(:mod:`tensorstore_fs.parquet.pages`). With this kernel the adapter's Python side only says where a
 batch's rows are; TensorFlow's own threads copy them out of kept read-only maps into recycled
-output memory — no Python call, no GIL and no fresh-page faults per batch. In the tf benchmark a
-running pass's sequential epoch went from ~61 ms to ~38 ms (``benchmarks/results/tf.md``).
+output memory — no Python call, no GIL and no fresh-page faults per batch (figures: ``benchmarks/results/tf.md``).
 
 The kernel is compiled once per TensorFlow build and source against the installed TensorFlow's
-headers (``tf.sysconfig``; about 6 s with g++) into ``$TSFS_CACHE_DIR`` (default
+headers (``tf.sysconfig``; seconds with g++) into ``$TSFS_CACHE_DIR`` (default
 ``~/.cache/tensorstore_fs``), where later processes load it. Without a C++ compiler, or with
 ``TSFS_TF_NATIVE=0``, the adapter reads through Python as before (same rows, slower); the
 compiler is ``$CXX`` or ``c++``.
@@ -27,7 +26,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load", "reset", "unavailable_reason", "zero_copy"]
+__all__ = ["load", "unavailable_reason", "zero_copy"]
 
 SOURCE = Path(__file__).with_name("_tf_gather.cc")
 ENV_SWITCH = "TSFS_TF_NATIVE"
@@ -109,9 +108,3 @@ def load() -> Any | None:
 def unavailable_reason() -> str:
     """Why :func:`load` returned None ("" when it did not, or was not called)."""
     return str(_state.get("why", ""))
-
-
-def reset() -> None:
-    """Forget the loaded state (tests switch ``TSFS_TF_NATIVE`` / ``CXX`` between builds)."""
-    with _lock:
-        _state.clear()

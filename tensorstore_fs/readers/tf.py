@@ -14,134 +14,45 @@ two adapters yield the same rows in the same order for the same arguments.
 
 from __future__ import annotations
 
-import atexit
-import copy
 import logging
 import threading
-import time
-import weakref
-from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from .._pool import ALIGN, aligned_empty
-from ..dataset import Dataset
+from .._checks import check_int
 from ..errors import InvalidArgumentError
-from ..filemap import FileRows
-from ..pages import locatable
 from ..plan import PlanSpec
 from ..predicates import Predicate
-from ..ragged import RaggedRows
-from ..schema import Field
-from ..stream import (
+from ..read import (
     DEFAULT_WINDOW_BYTES,
     PAD_COLUMN,
     READ_BYTES,
     ROW_ID_COLUMN,
+    Dataset,
+    FileRows,
     PlannedStream,
+    ReadOptions,
     StreamState,
-    check_num_epochs,
     open_stream,
 )
+from ..schema import Field
 from . import _tf_native
+from ._tf_transport import EXITING, READERS, Ragged, tf_dtype, to_tensor
 
 __all__ = ["TFReader", "make_tf_dataset"]
 
 logger = logging.getLogger(__name__)
 
-VARIABLE_MODES = ("ragged", "pad")
+# the adapter's variable= choices, and how the stream decodes each
+VARIABLE_MODES = {"ragged": "flat", "pad": "pad"}
 VALID_SUFFIX = "__valid"
 # Native gathers in flight and batches gathered ahead, fixed: the copies are bound by memory
-# bandwidth, which 2 threads fill, and the memory held ahead stays small and known. (On the 2-core
-# benchmark VM, AUTOTUNE and this setting both read 41-46 or 63 ms an epoch from one process to the
-# next, with the same CPU time: README, tf.data benchmark.)
+# bandwidth, which 2 threads fill, and the memory held ahead stays small and known (AUTOTUNE
+# measured no faster on the benchmark VM: README, tf.data benchmark).
 GATHER_PARALLEL = 2
 GATHER_PREFETCH = 2
-
-# Interpreter exit with a pipeline still running (``num_epochs=None``, a prefetch): TensorFlow's
-# threads keep calling the Python chunk function, and once Python is finalizing they wait forever
-# for the GIL while the iterator's destructor waits for them -- the process never exits. So at
-# exit every reader ends its passes (the chunk function answers "no more" at once) and the
-# calls already running are let finish first.
-_READERS: "weakref.WeakSet[TFReader]" = weakref.WeakSet()
-_EXITING = threading.Event()
-# no chunk call running for this long: the pipelines have drained (a process that still holds a
-# reader pays this once at exit; a pass may be starting between two calls, so it is not skipped)
-EXIT_QUIET_S = 0.05
-EXIT_WAIT_S = 5.0
-
-
-def _drain_at_exit() -> None:
-    _EXITING.set()
-    readers = list(_READERS)
-    if not readers:
-        return  # no reader alive: nothing can call back into Python
-    start = quiet = time.monotonic()
-    while time.monotonic() - start < EXIT_WAIT_S:
-        if any(r._in_flight for r in readers):
-            quiet = time.monotonic()
-        elif time.monotonic() - quiet >= EXIT_QUIET_S:
-            return
-        time.sleep(0.002)  # the GIL is free meanwhile: waiting calls run and see _EXITING
-
-
-atexit.register(_drain_at_exit)
-
-
-@dataclass(frozen=True)
-class _Ragged:
-    """How one variable-shape field travels: flat values plus one row-length vector per
-    variable dimension (fixed dimensions become uniform row partitions in the graph)."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: tf.DType
-
-    @property
-    def last_variable(self) -> int:
-        return max(i for i, d in enumerate(self.shape) if d is None)
-
-    @property
-    def inner(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.shape[self.last_variable + 1:])
-
-    def components(self, rows: RaggedRows, np_dtype: np.dtype) -> dict[str, np.ndarray]:
-        """Numpy components of a batch of rows (a null row is an empty tensor): the rows' flat
-        values as they were decoded (no per-row work) and the row lengths of each variable dimension."""
-        j = self.last_variable
-        shapes = rows.shapes.astype(np.int64, copy=False).reshape(len(rows), len(self.shape))
-        if rows.valid is not None and not rows.valid.all():  # null rows: empty, fixed dims kept
-            shapes = shapes.copy()
-            shapes[~rows.valid] = [0 if d is None else d for d in self.shape]
-        flat = rows.values[rows.offsets[0]:rows.offsets[-1]] if len(rows) else np.zeros(0, np_dtype)
-        out = {self.name: flat.astype(np_dtype, copy=False).reshape((-1,) + self.inner)}
-        for k in range(j + 1):
-            if self.shape[k] is None:  # lengths of dimension k, once per element of the levels above
-                repeats = np.prod(shapes[:, :k], axis=1) if k else np.ones(len(rows), np.int64)
-                out[f"{self.name}/{k}"] = np.repeat(shapes[:, k], repeats)
-        return out
-
-    def signature(self) -> dict[str, tf.TensorSpec]:
-        sig = {self.name: tf.TensorSpec((None,) + self.inner, self.dtype)}
-        sig.update({f"{self.name}/{k}": tf.TensorSpec((None,), tf.int64)
-                    for k in range(self.last_variable + 1) if self.shape[k] is None})
-        return sig
-
-    def assemble(self, parts: Mapping[str, tf.Tensor]) -> tf.RaggedTensor:
-        rt = parts[self.name]
-        for k in range(self.last_variable, -1, -1):
-            if self.shape[k] is None:
-                rt = tf.RaggedTensor.from_row_lengths(rt, parts[f"{self.name}/{k}"], validate=False)
-            else:
-                rt = tf.RaggedTensor.from_uniform_row_length(rt, self.shape[k], validate=False)
-        return rt
-
-
-def _tf_dtype(f: Field) -> tf.DType:
-    return tf.string if f.dtype in ("string", "bytes") else tf.as_dtype(f.numpy_dtype)
-
 
 class TFReader:
     """A planned, resumable source of ``tf.data`` batches (see :func:`make_tf_dataset`).
@@ -175,7 +86,11 @@ class TFReader:
         mapped, read-only file bytes, which TensorFlow's ops never write to (the kernel holds a
         reference to it, so TensorFlow never reuses its buffer for an op's output). Ops that
         alias their input by definition (``tf.raw_ops.InplaceUpdate``) and writes through DLPack
-        would crash: ``TSFS_TF_ZERO_COPY=0`` copies such batches (``docs/guarantees.md``).
+        would crash: ``zero_copy=False`` copies such batches (``docs/guarantees.md``).
+    zero_copy : bool, optional
+        Whether the native gather may hand out such batches as the mapped file bytes (read-only)
+        instead of copying them. ``None`` (default): yes, unless the environment variable
+        ``TSFS_TF_ZERO_COPY=0`` says no.
 
     Notes
     -----
@@ -212,40 +127,38 @@ class TFReader:
         version: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
         native: bool | None = None,
+        zero_copy: bool | None = None,
     ) -> None:
-        if native not in (None, True, False):
-            raise InvalidArgumentError(f"native must be None, True or False, got {native!r}")
+        for name, value in (("native", native), ("zero_copy", zero_copy)):
+            if value not in (None, True, False):
+                raise InvalidArgumentError(f"{name} must be None, True or False, got {value!r}")
         if variable not in VARIABLE_MODES:
-            raise InvalidArgumentError(f"variable must be one of {VARIABLE_MODES}, got {variable!r}")
-        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
-            raise InvalidArgumentError(f"num_workers must be a positive int, got {num_workers!r}")
-        check_num_epochs(num_epochs)
+            raise InvalidArgumentError(f"variable must be one of {tuple(VARIABLE_MODES)}, got {variable!r}")
+        num_workers = check_int("num_workers", num_workers)
+        options = ReadOptions(columns, filter, predicate, batch_size, shuffle, seed, remainder, drop_last,
+                              window_bytes, VARIABLE_MODES[variable], with_row_ids, num_epochs)
         if input_context is not None:
             if rank is not None or world_size is not None:
                 raise InvalidArgumentError("pass input_context= or rank=/world_size=, not both")
             rank, world_size = input_context.input_pipeline_id, input_context.num_input_pipelines
-        self.stream, world = open_stream(
-            ds_or_url, columns, filter, predicate, batch_size, shuffle=shuffle, seed=seed, remainder=remainder,
-            drop_last=drop_last, rank=rank, world_size=world_size, window_bytes=window_bytes,
-            pad_variable=variable == "pad", with_row_ids=with_row_ids, version=version,
-            storage_options=storage_options, flat_variable=variable == "ragged")
+        self.stream, world = open_stream(ds_or_url, options, rank=rank, world_size=world_size, version=version,
+                                         storage_options=storage_options)
         self.rank, self.world_size = world.rank, world.world_size
         self.num_workers = num_workers
         self.num_epochs = num_epochs
         self.variable = variable
         schema = self.stream.ds.schema
         self._fields = [schema.field(c) for c in self.stream.columns]
-        self._ragged = {f.name: _Ragged(f.name, f.shape, _tf_dtype(f))
+        self._ragged = {f.name: Ragged(f.name, f.shape, tf_dtype(f))
                         for f in self._fields if f.is_variable and variable == "ragged"}
         self._lock = threading.Lock()
         self._epoch = 0
         self._history: tuple = ()
         self._passes = [0] * num_workers  # passes over the tf.data.Dataset each worker thread started
         self._native_op, self._native = self._native_columns(native)
-        self._zero_copy = _tf_native.zero_copy()
-        self._streams = [copy.copy(self.stream) for _ in range(num_workers)]  # own files per thread
-        for s in self._streams:
-            s.file_backed = bool(self._native)  # native columns come as FileRows (where they are)
+        self._zero_copy = _tf_native.zero_copy() if zero_copy is None else zero_copy
+        self._streams = [self.stream.for_thread() for _ in range(num_workers)]  # own files and memory per thread
+        self._located = "rows" if self._native else None  # native columns come as FileRows (where they are)
         self._shard_index = {self.stream.shard_path(i): i for i in range(len(self.stream.ds.shards))} if self._native else {}
         self._iters: list[Iterator[dict[str, Any]] | None] = [None] * num_workers
         self._sig = self._signature()
@@ -253,8 +166,8 @@ class TFReader:
         # (batches, batch size, ...) by NumPy (a free view), so the graph only slices
         self._chunk_sig = {k: s if k.split("/", 1)[0] in self._ragged else tf.TensorSpec((None,) + tuple(s.shape), s.dtype)
                            for k, s in self._sig.items()}
-        self._in_flight = 0  # chunk calls running now (see _drain_at_exit)
-        _READERS.add(self)
+        self._in_flight = 0  # chunk calls running now (see _tf_transport.drain_at_exit)
+        READERS.add(self)
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -276,8 +189,7 @@ class TFReader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass start ``epoch`` from its beginning."""
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise InvalidArgumentError(f"epoch must be a non-negative int, got {epoch!r}")
+        check_int("epoch", epoch, 0)
         with self._lock:
             self._epoch, self._history, self._passes = epoch, (), [0] * self.num_workers
 
@@ -293,10 +205,11 @@ class TFReader:
 
     def _native_columns(self, native: bool | None) -> tuple[Any, dict[str, Field]]:
         """``(op module, fields it reads)``: the fields the stream locates in the files
-        (:func:`tensorstore_fs.pages.locatable`) when the native gather is used."""
+        (:meth:`~tensorstore_fs.read.PlannedStream.located_fields`) when the native gather is used."""
         if native is False:
             return None, {}
-        fields = {f.name: f for f in self._fields if locatable(f)}
+        located = set(self.stream.located_fields())
+        fields = {f.name: f for f in self._fields if f.name in located}
         if not self.stream.ds.storage.is_local:
             if native:
                 raise InvalidArgumentError(f"native=True needs a local dataset; {self.stream.ds.url} is not")
@@ -326,11 +239,11 @@ class TFReader:
             if f.name in self._native:
                 sig[f.name + "/file"] = tf.TensorSpec((None,), tf.int32)
                 sig[f.name + "/offset"] = tf.TensorSpec((None,), tf.int64)
-                sig[f.name + "/inline"] = tf.TensorSpec((None,) + tuple(f.shape), _tf_dtype(f))
+                sig[f.name + "/inline"] = tf.TensorSpec((None,) + tuple(f.shape), tf_dtype(f))
             elif f.name in self._ragged:
                 sig.update(self._ragged[f.name].signature())
             else:
-                sig[f.name] = tf.TensorSpec((None,) + tuple(f.shape), _tf_dtype(f))
+                sig[f.name] = tf.TensorSpec((None,) + tuple(f.shape), tf_dtype(f))
                 if f.is_variable:  # variable="pad"
                     sig[f.name + "__shape"] = tf.TensorSpec((None, len(f.shape)), tf.int64)
             if f.nullable:
@@ -436,7 +349,7 @@ class TFReader:
                                                        self.num_workers)
             history = ()
             for chunk, sizes in stream.iter_chunks(plan, self.rank, source, self.num_workers, skip,
-                                                   chunk_rows=chunk_rows):
+                                                   chunk_rows=chunk_rows, located=self._located):
                 yield self._convert(chunk), sizes
 
     def _fetch(self, worker: Any, index: Any) -> list[tf.Tensor]:
@@ -452,7 +365,7 @@ class TFReader:
                 self._in_flight -= 1
 
     def _next_chunk(self, w: int, index: int) -> list[tf.Tensor]:
-        if _EXITING.is_set():  # the interpreter is exiting: end the pass (see _drain_at_exit)
+        if EXITING.is_set():  # the interpreter is exiting: end the pass (see _tf_transport.drain_at_exit)
             self._iters[w] = None
         elif index == 0:
             self._iters[w] = self._generate(w)
@@ -464,7 +377,7 @@ class TFReader:
             return empty + [tf.zeros((0,), tf.int64), tf.constant(False)]
         chunk, sizes = item
         k = len(sizes)  # batches of one size (see PlannedStream.iter_chunks); rows // k per batch
-        tensors = [_to_tensor(chunk[key] if key.split("/", 1)[0] in self._ragged else
+        tensors = [to_tensor(chunk[key] if key.split("/", 1)[0] in self._ragged else
                               chunk[key].reshape((k, len(chunk[key]) // k) + chunk[key].shape[1:]), s.dtype)
                    for key, s in self._chunk_sig.items()]
         return tensors + [tf.constant(sizes, tf.int64), tf.constant(True)]
@@ -472,7 +385,7 @@ class TFReader:
     def _worker_dataset(self, worker: Any) -> tf.data.Dataset:
         """Plan worker ``worker``'s batches: chunks of equal-size batches cross from Python in one
         call and are cut into batches inside tf.data: ``flat_map(from_tensor_slices)`` hands out
-        views of the chunk (``unbatch`` copies every batch: a sequential epoch took 1.46x as long)."""
+        views of the chunk (``unbatch`` copies every batch, measurably slower)."""
         sig = self._chunk_sig
         dtypes = [s.dtype for s in sig.values()] + [tf.int64, tf.bool]
 
@@ -536,8 +449,7 @@ class TFReader:
         tf.data prefetches, so only the training loop knows what it consumed: count the steps.
         The state is the same as ``TorchDataset``'s rank-level state, so either adapter resumes it.
         """
-        if not isinstance(consumed_batches, int) or consumed_batches < 0:
-            raise InvalidArgumentError(f"consumed_batches must be a non-negative int, got {consumed_batches!r}")
+        check_int("consumed_batches", consumed_batches, 0)
         passes = max(self._passes)
         epoch = self._epoch + max(0, passes - 1) * self._epochs_per_pass
         history = self._history if passes <= 1 else ()
@@ -562,19 +474,6 @@ class TFReader:
                                        "save a rank-level state (TorchDataset.state_dict outside workers)")
         with self._lock:
             self._epoch, self._history, self._passes = parsed.epoch, parsed.history, [0] * self.num_workers
-
-
-def _to_tensor(a: np.ndarray, dtype: tf.DType) -> tf.Tensor:
-    """A numpy batch column as a tensor: zero-copy through DLPack when TensorFlow may use the
-    memory as it is (``ALIGN``-byte aligned: TensorFlow kernels abort on less), else one copy into
-    an aligned buffer (strings: ``tf.constant``)."""
-    if a.dtype == object or a.size == 0:
-        return tf.constant(a.tolist() if a.dtype == object else a, dtype=dtype, shape=a.shape)
-    if not (a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % ALIGN == 0):
-        _, out = aligned_empty(a.shape, a.dtype)
-        np.copyto(out, a)
-        a = out
-    return tf.experimental.dlpack.from_dlpack(a.__dlpack__())
 
 
 def _count(start: int) -> Iterator[int]:

@@ -26,20 +26,21 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate_fn_map
 
-from ..dataset import Dataset
+from .._checks import check_int
 from ..errors import InvalidArgumentError
 from ..plan import PlanSpec, Segment
-from ..ragged import RaggedRows
 from ..predicates import Predicate
-from .. import _ring
-from ..filemap import FileRows
-from ..stream import DEFAULT_WINDOW_BYTES, StreamState, check_num_epochs, open_stream
+from ..ragged import RaggedRows
+from ..read import DEFAULT_WINDOW_BYTES, Dataset, FileRows, ReadOptions, StreamState, open_stream
+from . import _ring
+from ._torch_handoff import FileTensor, file_tensor, gather_in_worker, share_batch
 
 __all__ = ["TorchBatch", "TorchDataset", "to_torch"]
 
 logger = logging.getLogger(__name__)
 
-VARIABLE_MODES = ("pad", "list", "nested", "flat")
+# the adapter's variable= choices, and how the stream decodes each
+VARIABLE_MODES = {"pad": "pad", "list": "list", "nested": "flat", "flat": "flat"}
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -81,104 +82,6 @@ def _flat_tensors(name: str, rows: RaggedRows) -> dict[str, torch.Tensor]:
     return out
 
 
-def _file_tensor(rows: FileRows) -> torch.Tensor:
-    """A tensor of file-located rows (zero-copy copy-on-write map where the rows are consecutive)."""
-    return torch.from_numpy(rows.materialize())
-
-
-def _inline_tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(a)
-
-
-class _InlineTensor:
-    """A DataLoader worker's stand-in for a small tensor: pickles by value with the batch (see
-    :func:`share_batch`) and unpickles, in the main process, as a tensor of its own memory."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def __reduce__(self) -> tuple[Any, tuple[np.ndarray]]:
-        return _inline_tensor, (self.array,)
-
-
-def _slot_tensor(*location: Any) -> torch.Tensor:
-    """A tensor viewing a worker's ring slot in place (see :mod:`tensorstore_fs._ring`)."""
-    return torch.from_numpy(_ring.attach(*location))
-
-
-class _SlotTensor:
-    """A DataLoader worker's stand-in for a gathered tensor in its shared ring: pickles as the
-    slot's location and unpickles, in the main process, as a tensor viewing that slot."""
-
-    __slots__ = ("rows",)
-
-    def __init__(self, rows: "_ring.SlotRows") -> None:
-        self.rows = rows
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _slot_tensor, self.rows.location()
-
-
-def _carve(block: np.ndarray, offset: int, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    n = math.prod(shape) * np.dtype(dtype).itemsize
-    return torch.from_numpy(block[offset:offset + n].view(dtype).reshape(shape))
-
-
-class _SlotBlock:
-    """A batch's dense tensors in one slot of the worker's ring: pickled once per batch (the
-    pickle memo shares it between the batch's tensors) and unpickled as the slot's bytes."""
-
-    __slots__ = ("slot",)
-
-    def __init__(self, slot: "_ring.SlotRows") -> None:
-        self.slot = slot
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _ring.attach, self.slot.location()
-
-
-class _BlockPart:
-    """One tensor of a :class:`_SlotBlock`: unpickles as a tensor viewing its part of the slot."""
-
-    __slots__ = ("block", "offset", "dtype", "shape")
-
-    def __init__(self, block: _SlotBlock, offset: int, dtype: str, shape: tuple[int, ...]) -> None:
-        self.block, self.offset, self.dtype, self.shape = block, offset, dtype, shape
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _carve, (self.block, self.offset, self.dtype, self.shape)
-
-
-def gather_in_worker(batch: dict[str, Any]) -> dict[str, Any]:
-    """Inside a DataLoader worker: gather the batch's shuffled file-located columns into the
-    worker's shared rings, so the main process receives them ready (consecutive rows stay file
-    locations: the main process maps those without a copy). A column whose ring has no free
-    slot keeps its file location."""
-    out = batch
-    for name, v in batch.items():
-        if isinstance(v, _FileTensor) and not v.rows.is_contiguous():
-            slot = _ring.gather_to_ring(name, v.rows)
-            if slot is not None:
-                out = dict(out) if out is batch else out
-                out[name] = _SlotTensor(slot)
-    return out
-
-
-class _FileTensor:
-    """A DataLoader worker's stand-in for a tensor: pickles as the rows' location (a few hundred
-    bytes) and unpickles, in the main process, as the tensor itself."""
-
-    __slots__ = ("rows",)
-
-    def __init__(self, rows: FileRows) -> None:
-        self.rows = rows
-
-    def __reduce__(self) -> tuple[Any, tuple[FileRows]]:
-        return _file_tensor, (self.rows,)
-
-
 def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection[str] = (),
              defer_files: bool = False) -> dict[str, Any]:
     """Convert a decoded numpy batch to torch: arrays -> tensors (zero-copy where writable),
@@ -202,7 +105,7 @@ def to_torch(batch: Mapping[str, Any], variable: str = "pad", jagged: Collection
         if type(v) is np.ndarray and v.dtype != object and v.flags.writeable and v.flags.c_contiguous:
             out[name] = torch.from_numpy(v)  # the usual column: nothing to check further
         elif isinstance(v, FileRows):
-            out[name] = _FileTensor(v) if defer_files else _file_tensor(v)
+            out[name] = FileTensor(v) if defer_files else file_tensor(v)
         elif isinstance(v, np.ma.MaskedArray):
             mask = np.ma.getmaskarray(v)
             out[name] = _tensor(np.asarray(v.filled(0)))
@@ -246,59 +149,6 @@ def _refuse_collation(batch: Sequence[TorchBatch], *, collate_fn_map: Any = None
 
 # torch's documented extension point: default_collate looks a batch element's exact type up here
 default_collate_fn_map[TorchBatch] = _refuse_collation
-
-
-INLINE_BYTES = 64 << 10  # dense tensors of a batch up to this size travel inside its pickle
-
-
-def share_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    """Prepare a batch's dense tensors for the hand-off to the main process (inside a DataLoader worker).
-
-    The DataLoader hands batches from workers to the main process through shared memory; it
-    would copy every tensor into a block of its own, and pass each block's file descriptor over a
-    socket (a round trip per tensor). Here, when the dense tensors are small in all
-    (``INLINE_BYTES``: labels, ids, the rest of a batch whose big tensors travel as file
-    locations), they travel by value inside the batch's pickle. Larger ones are copied into one
-    slot of the worker's shared ring (:mod:`tensorstore_fs._ring`: the main process maps the
-    ring once and views the slot in place); without a free slot, or off Linux, into ONE torch
-    shared-memory block for the batch (one allocation and one descriptor).
-    """
-    dense = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.layout == torch.strided
-             and not v.is_shared()]
-    if not dense:
-        return batch
-    if sum(batch[k].numel() * batch[k].element_size() for k in dense) <= INLINE_BYTES:
-        out = dict(batch)
-        for k in dense:
-            out[k] = _InlineTensor(batch[k].contiguous().numpy())
-        return out
-    offsets, total = {}, 0
-    for k in dense:
-        t = batch[k]
-        total = -(-total // 64) * 64  # keep every tensor 64-byte aligned
-        offsets[k] = total
-        total += t.numel() * t.element_size()
-    got = _ring.reserve("__batch__", total) if _ring.available() else None
-    if got is not None:  # the worker's shared ring: the main process maps it once, not per batch
-        slot, memory = got
-        block = _SlotBlock(slot)
-        out = dict(batch)
-        for k in dense:
-            t = batch[k]
-            n = t.numel() * t.element_size()
-            np.copyto(memory[offsets[k]:offsets[k] + n], t.contiguous().numpy().reshape(-1).view(np.uint8))
-            out[k] = _BlockPart(block, offsets[k], t.numpy().dtype.str, tuple(t.shape))
-        return out
-    storage = torch.UntypedStorage._new_shared(max(total, 1))
-    block = torch.empty(0, dtype=torch.uint8).set_(storage)
-    out = dict(batch)
-    for k in dense:
-        t = batch[k]
-        n = t.numel() * t.element_size()
-        view = block[offsets[k]:offsets[k] + n].view(t.dtype).view(t.shape)
-        view.copy_(t)
-        out[k] = view
-    return out
 
 
 class TorchDataset(IterableDataset):
@@ -370,17 +220,15 @@ class TorchDataset(IterableDataset):
     ) -> None:
         super().__init__()
         if variable not in VARIABLE_MODES:
-            raise InvalidArgumentError(f"variable must be one of {VARIABLE_MODES}, got {variable!r}")
-        check_num_epochs(num_epochs)
-        self.stream, world = open_stream(
-            ds_or_url, columns, filter, predicate, batch_size, shuffle=shuffle, seed=seed, remainder=remainder,
-            drop_last=drop_last, rank=rank, world_size=world_size, window_bytes=window_bytes,
-            pad_variable=variable == "pad", with_row_ids=with_row_ids, version=version,
-            storage_options=storage_options, flat_variable=variable in ("nested", "flat"))
+            raise InvalidArgumentError(f"variable must be one of {tuple(VARIABLE_MODES)}, got {variable!r}")
+        options = ReadOptions(columns, filter, predicate, batch_size, shuffle, seed, remainder, drop_last,
+                              window_bytes, VARIABLE_MODES[variable], with_row_ids, num_epochs)
+        self.stream, world = open_stream(ds_or_url, options, rank=rank, world_size=world_size, version=version,
+                                         storage_options=storage_options)
         self.rank, self.world_size = world.rank, world.world_size
         ds = self.stream.ds
         # DataLoader workers send fixed-shape tensors of local shards as file locations
-        # (see tensorstore_fs.filemap); in-process reads keep their recycled copies
+        # (see tensorstore_fs.parquet.filemap); in-process reads map them privately
         self._file_backed = file_backed and ds.storage.is_local
         self.variable = variable
         # Nested tensors use the jagged layout where the schema allows it (only the first dimension
@@ -414,8 +262,7 @@ class TorchDataset(IterableDataset):
         """Start ``epoch`` from its beginning at the next iteration (call it on the object handed to
         the DataLoader, before iterating, when workers are not persistent; persistent workers and
         ``num_workers=0`` advance by themselves)."""
-        if not isinstance(epoch, int) or epoch < 0:
-            raise InvalidArgumentError(f"epoch must be a non-negative int, got {epoch!r}")
+        check_int("epoch", epoch, 0)
         self._epoch, self._history, self._skip, self._yielded, self._done = epoch, (), 0, 0, False
         self._source, self._unfolded = None, False
 
@@ -443,11 +290,13 @@ class TorchDataset(IterableDataset):
             skip, self._skip, self._source = skip + self._skip, 0, source
             self._yielded = skip
             in_worker = info is not None
-            self.stream.file_backed = self._file_backed and in_worker
-            # in-process, consecutive rows are views of a private map of the file (no copy); not
-            # under remainder="pad", whose padding repeats rows that a caller may have modified
-            self.stream.map_private = self._file_backed and not in_worker and self.spec.remainder != "pad"
-            for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip, keep_open=not in_worker):
+            # in workers, located tensor rows travel as file locations; in-process, consecutive
+            # rows are views of a private map of the file (no copy), but not under
+            # remainder="pad", whose padding repeats rows that a caller may have modified
+            located = None if not self._file_backed else "rows" if in_worker else (
+                "private" if self.spec.remainder != "pad" else None)
+            for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip, keep_open=not in_worker,
+                                                 located=located):
                 self._yielded += 1
                 converted = to_torch(batch, self.variable, self._jagged, defer_files=in_worker)
                 if in_worker and self._file_backed and _ring.available():

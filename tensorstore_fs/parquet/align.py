@@ -1,6 +1,6 @@
 """Write a row group's first tensor column with its values at a 64-byte aligned file offset.
 
-A fixed-shape tensor column chunk is one plain data page (:mod:`tensorstore_fs.pages`): its values
+A fixed-shape tensor column chunk is one plain data page (:mod:`tensorstore_fs.parquet.pages`): its values
 are ``rows * row_nbytes`` raw bytes right after a page header of 20-odd bytes, so where they start
 depends on everything written before them. Readers that hand out the file's own bytes as tensors
 (the tf.data adapter's native gather, memory-mapped NumPy views) need them aligned: TensorFlow
@@ -14,7 +14,7 @@ front of the row group, so that this column's values begin at a multiple of :dat
   The page header's length comes from :func:`header_length`.
 * into a Python sink (object stores through fsspec), pyarrow counts positions itself, so
   :class:`AligningStream` sits in between: it reads the page header as pyarrow writes it, puts the
-  zero bytes in front, and at the end rewrites the footer's offsets (:mod:`tensorstore_fs._thrift`)
+  zero bytes in front, and at the end rewrites the footer's offsets (:mod:`tensorstore_fs.parquet.thrift`)
   to where the chunks really are.
 
 The result is a plain Parquet file with unused bytes between row groups, the same thing parquet-mr
@@ -34,8 +34,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._thrift import I64, LIST, STRUCT, decode_struct, encode_struct
-from .errors import TensorstoreError
+from .thrift import I64, LIST, STRUCT, decode_struct, encode_struct
+from ..errors import TensorstoreError
 from .pages import is_plain_page, page_header
 
 __all__ = ["ALIGNMENT", "AligningStream", "header_length", "padding"]

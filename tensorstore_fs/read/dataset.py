@@ -7,14 +7,16 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
-from ._crc import crc32c_extend
-from .encoding import arrow_schema, decode_column, storage_columns, to_arrow_tensor
-from .errors import CorruptDatasetError
-from .manifest import Manifest, ShardInfo, latest_version, load_manifest, manifest_path
-from .predicates import Predicate
-from .scan import RowGroupRef, Scanner, all_row_groups
-from .schema import Schema
-from .storage import Storage
+from .._crc import crc32c_extend
+from ..encoding import arrow_schema, decode_column, storage_columns, to_arrow_tensor
+from ..errors import CorruptDatasetError
+from ..manifest import Manifest, ShardInfo, latest_version, load_manifest, manifest_path
+from ..predicates import Predicate
+from ..schema import Schema
+from ..storage import Storage
+from .options import ReadOptions, variable_mode
+from .prune import RowGroupRef, all_row_groups
+from .scan import Scanner
 
 __all__ = ["Dataset", "open_dataset"]
 
@@ -98,23 +100,16 @@ class Dataset:
         predicate: Predicate | None = None,
         batch_size: int = 1024,
         *,
-        pad_variable: bool = False,
+        variable: str | None = None,
         drop_last: bool = False,
-        flat_variable: bool = False,
+        pad_variable: bool | None = None,
+        flat_variable: bool | None = None,
     ) -> Scanner:
-        """A :class:`~tensorstore_fs.scan.Scanner`: iterate it for batches, read ``.stats`` after."""
-        return Scanner(
-            self.storage,
-            self.manifest,
-            columns=columns,
-            filter=filter,
-            predicate=predicate,
-            batch_size=batch_size,
-            pad_variable=pad_variable,
-            drop_last=drop_last,
-            storage_schema=self.storage_schema,
-            flat_variable=flat_variable,
-        )
+        """A :class:`~tensorstore_fs.read.scan.Scanner`: iterate it for batches, read ``.stats``
+        after. Arguments as in :meth:`to_batches`."""
+        options = ReadOptions(columns, filter, predicate, batch_size, drop_last=drop_last,
+                              variable=variable_mode(variable, pad_variable, flat_variable))
+        return Scanner(self.storage, self.manifest, options, storage_schema=self.storage_schema)
 
     def to_batches(
         self,
@@ -123,9 +118,10 @@ class Dataset:
         predicate: Predicate | None = None,
         batch_size: int = 1024,
         *,
-        pad_variable: bool = False,
+        variable: str | None = None,
         drop_last: bool = False,
-        flat_variable: bool = False,
+        pad_variable: bool | None = None,
+        flat_variable: bool | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Yield batches as dicts of numpy arrays, in storage order.
 
@@ -142,15 +138,15 @@ class Dataset:
             ``in_pseudorandom_split``: evaluated vectorised on each row group.
         batch_size : int
             Rows per batch (the last batch may be shorter unless ``drop_last``).
-        pad_variable : bool
-            Variable-shape fields arrive as a list of arrays by default; with ``True`` as one
-            zero-padded array plus ``<name>__shape`` (n, ndim) holding each row's shape.
+        variable : {"list", "pad", "flat"}
+            Variable-shape fields as a list of arrays (default); ``"pad"``: one zero-padded array
+            plus ``<name>__shape`` (n, ndim) holding each row's shape; ``"flat"``: one
+            :class:`~tensorstore_fs.ragged.RaggedRows` per batch, the rows' values back to back
+            plus offsets and shapes, with no object per row.
         drop_last : bool
             Drop a final batch shorter than ``batch_size``.
-        flat_variable : bool
-            Variable-shape fields as one :class:`~tensorstore_fs.ragged.RaggedRows` per batch:
-            the rows' values back to back plus offsets and shapes, with no object per row
-            (exclusive with ``pad_variable``).
+        pad_variable, flat_variable : bool, optional
+            Deprecated spellings of ``variable="pad"`` / ``variable="flat"``.
 
         Yields
         ------
@@ -159,8 +155,8 @@ class Dataset:
             scalars as ``(n,)`` arrays; strings/bytes as object arrays; nullable numeric fields as
             ``numpy.ma.MaskedArray``.
         """
-        return iter(self.scanner(columns, filter, predicate, batch_size, pad_variable=pad_variable, drop_last=drop_last,
-                                 flat_variable=flat_variable))
+        variable = variable_mode(variable, pad_variable, flat_variable)
+        return iter(self.scanner(columns, filter, predicate, batch_size, variable=variable, drop_last=drop_last))
 
     def to_table(
         self,
@@ -174,7 +170,8 @@ class Dataset:
         reinterpretation of the stored bytes; bool tensors are unpacked). Variable-shape fields
         keep the storage layout: ``large_binary`` payload plus the ``__shape__<name>`` column.
         """
-        scanner = self.scanner(columns, filter, predicate, batch_size=1 << 62)
+        scanner = Scanner(self.storage, self.manifest, ReadOptions(columns, filter, predicate, 1 << 62),
+                          storage_schema=self.storage_schema)
         names = storage_columns(self.schema, scanner.columns)
         tables = list(scanner.row_group_tables())
         storage_schema = self.storage_schema
@@ -193,7 +190,7 @@ class Dataset:
 
     def head(self, n: int = 5, columns: Sequence[str] | None = None) -> dict[str, Any]:
         """The first ``n`` rows as one batch."""
-        scanner = Scanner(self.storage, self.manifest, columns=columns, batch_size=max(1, n),
+        scanner = Scanner(self.storage, self.manifest, ReadOptions(columns, batch_size=max(1, n)),
                           storage_schema=self.storage_schema, rows_hint=max(1, n))
         for batch in scanner:
             return batch

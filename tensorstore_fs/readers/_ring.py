@@ -1,6 +1,6 @@
 """Shared rings: DataLoader workers gather shuffled tensor rows into memory the main process maps once.
 
-A shuffled batch of file-located rows (:class:`tensorstore_fs.filemap.FileRows`) must be copied
+A shuffled batch of file-located rows (:class:`tensorstore_fs.parquet.filemap.FileRows`) must be copied
 once, row by row. In the main process that gather is its largest cost when two workers feed it;
 in a worker, the bytes must then reach the main process, and torch's own hand-off creates a new
 shared-memory file per batch and passes its descriptor over a socket (a round trip a batch).
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .filemap import FileRows
+from ..read import FileRows
 
 __all__ = ["RING_SLOTS", "SlotRows", "attach", "available", "gather_to_ring", "reserve"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._thrift import Compact
+from .thrift import Compact
 
 __all__ = ["is_plain_page", "locatable", "page_header", "plain_values_offset"]
 

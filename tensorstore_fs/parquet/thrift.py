@@ -2,8 +2,8 @@
 
 Parquet describes pages and files with Thrift structs in the compact protocol. pyarrow writes and
 reads them, but exposes neither a page header nor a writable footer, and two things here need them:
-locating a column chunk's raw values (:mod:`tensorstore_fs.pages`) and moving column chunks to
-aligned offsets after pyarrow wrote them (:mod:`tensorstore_fs.align`).
+locating a column chunk's raw values (:mod:`tensorstore_fs.parquet.pages`) and moving column chunks to
+aligned offsets after pyarrow wrote them (:mod:`tensorstore_fs.parquet.align`).
 
 :func:`decode_struct` reads a struct into a generic tree that keeps every field, known or not, in
 its order; :func:`encode_struct` writes such a tree back byte for byte (tested on pyarrow's own
