@@ -17,7 +17,7 @@ from .._checks import check_int
 from ..errors import InvalidArgumentError
 from ..plan import EpochPlan, PlanSpec, Segment
 
-__all__ = ["STATE_FORMAT", "STATE_VERSION", "StreamState", "batches_left", "resume_plan"]
+__all__ = ["STATE_FORMAT", "STATE_VERSION", "StreamState", "batches_left", "resume_plan", "roll_over"]
 
 STATE_FORMAT = "tensorstore_fs.stream_state"
 STATE_VERSION = 2  # 2: shuffled epochs permute row ranges inside row groups (plan.split_units)
@@ -55,6 +55,21 @@ def batches_left(counts: np.ndarray, spec: PlanSpec, epoch: int, world_size: int
         plan = EpochPlan(counts, spec, epoch, world_size, history[:-1])
         return max(0, plan.num_batches(rank) - history[-1].consumed_batches)
     return EpochPlan(counts, spec, epoch, world_size, history).num_batches(rank)
+
+
+def roll_over(counts: np.ndarray, spec: PlanSpec, epoch: int, world_size: int, history: Sequence[Segment],
+              rank: int, consumed_batches: int) -> tuple[int, tuple[Segment, ...], int]:
+    """``(epoch, history, consumed)`` after ``consumed_batches`` were taken from a pass that started
+    at ``epoch`` after ``history`` and runs on through later epochs: the epochs it completed are
+    skipped, and the count is what was taken of the epoch it stopped in."""
+    history = tuple(history)
+    for _ in range(consumed_batches + 1):
+        left = batches_left(counts, spec, epoch, world_size, history, rank)
+        if consumed_batches == 0 or consumed_batches < left:
+            break
+        consumed_batches -= left
+        epoch, history = epoch + 1, ()
+    return epoch, history, consumed_batches
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .options import ReadOptions, resolve_columns, variable_mode
 from .scan import open_shard
 from .pieces import decode_writable, group_batches, join_pieces, merge_pieces
 from .prune import all_row_groups
-from .resume import batches_left, resume_plan
+from .resume import batches_left, resume_plan, roll_over
 from .selection import Selection
 
 __all__ = ["LOCATED_MODES", "PAD_COLUMN", "READ_BYTES", "ROW_ID_COLUMN", "PlannedStream", "open_stream", "window_rows"]
@@ -136,6 +136,11 @@ class PlannedStream:
     def batches_left(self, epoch: int, world_size: int, history: Sequence[Segment], rank: int) -> int:
         """See :func:`tensorstore_fs.read.resume.batches_left`."""
         return batches_left(self.selection.counts, self.spec, epoch, world_size, history, rank)
+
+    def roll_over(self, epoch: int, world_size: int, history: Sequence[Segment], rank: int,
+                  consumed_batches: int) -> tuple[int, tuple[Segment, ...], int]:
+        """See :func:`tensorstore_fs.read.resume.roll_over`."""
+        return roll_over(self.selection.counts, self.spec, epoch, world_size, history, rank, consumed_batches)
 
     # -- id -> storage ----------------------------------------------------------------------------
     def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

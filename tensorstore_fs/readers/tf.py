@@ -453,12 +453,9 @@ class TFReader:
         passes = max(self._passes)
         epoch = self._epoch + max(0, passes - 1) * self._epochs_per_pass
         history = self._history if passes <= 1 else ()
-        for _ in range(consumed_batches + 1):  # roll over the epochs of this pass it completed
-            left = self.stream.batches_left(epoch, self.world_size, history, self.rank)
-            if consumed_batches == 0 or consumed_batches < left:
-                break
-            consumed_batches -= left
-            epoch, history = epoch + 1, ()
+        # the epochs of this pass it completed are behind it
+        epoch, history, consumed_batches = self.stream.roll_over(epoch, self.world_size, history, self.rank,
+                                                                 consumed_batches)
         # the pass resumed from ``history`` (never folded here): count on from the resume point
         history, consumed_batches = StreamState.fold(history, self.world_size, self.num_workers, consumed_batches)
         return StreamState.rank_dict(self.dataset_version, self.spec, epoch, history, self.world_size,
