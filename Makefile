@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench bench-core bench-loader bench-tf bench-suite clean
 
 $(STAMP): pyproject.toml requirements/constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py --out build/demo
 
+# `make bench` runs every benchmark (python -m benchmarks all); `make bench-core` etc. one of them.
+# Options go through BENCH_ARGS, e.g. `make bench-suite BENCH_ARGS="--quick --out /tmp/q"`.
 bench: $(BENCH_STAMP)
-	$(PY) benchmarks/bench_core.py
-	$(PY) benchmarks/bench_loader.py
-	$(PY) benchmarks/bench_tf.py
-	$(PY) benchmarks/bench_suite.py
+	$(PY) -m benchmarks all $(BENCH_ARGS)
+
+bench-core bench-loader bench-tf bench-suite: bench-%: $(BENCH_STAMP)
+	$(PY) -m benchmarks $* $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis

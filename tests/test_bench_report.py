@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = Path(__file__).resolve().parent.parent  # holds the benchmarks package
 
 
 @pytest.fixture(scope="module")
 def suite(monkeypatch_module):
-    monkeypatch_module.syspath_prepend(str(BENCH))
-    from suite import report, sys_pyarrow
-    from suite.data import Ragged
+    monkeypatch_module.syspath_prepend(str(ROOT))
+    from benchmarks.data import Ragged
+    from benchmarks.suite import report, sys_pyarrow
     return report, sys_pyarrow, Ragged
 
 
@@ -25,7 +25,7 @@ def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     yield mp
     mp.undo()
-    for name in [m for m in sys.modules if m == "suite" or m.startswith("suite.") or m == "_common"]:
+    for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
         del sys.modules[name]
 
 
@@ -100,7 +100,7 @@ def test_flat_torch_batches_are_consumed_as_rows(suite):
     # the suite's tsfs-torch0-flat reader hands the consumer values + offsets as rows (Ragged):
     # row counts come from the offsets, and a batch whose offsets disagree with its ids is caught
     torch = pytest.importorskip("torch")
-    from suite import sys_tsfs
+    from benchmarks.suite import sys_tsfs
 
     eat = sys_tsfs._flat_consumer(["tokens"])
     batch = {"id": torch.arange(3), "tokens": torch.arange(6, dtype=torch.int32),
@@ -130,8 +130,7 @@ def test_consumers_read_every_page_of_a_mapped_batch(suite, tmp_path):
     # a batch that is a view of a memory-mapped file has cost nothing until its pages are read:
     # the consumers read one byte of every 4 KiB, so every page is faulted in (one element a
     # column, the old consumer, faulted in one page)
-    from _common import PAGE_BYTES, touch_pages
-    from suite import harness
+    from benchmarks.consume import PAGE_BYTES, touch, touch_pages
 
     a = np.zeros(10 * PAGE_BYTES + 7, np.uint8)
     a[::PAGE_BYTES] = 1
@@ -142,10 +141,10 @@ def test_consumers_read_every_page_of_a_mapped_batch(suite, tmp_path):
     path.write_bytes(bytes(range(256)) * (pages * PAGE_BYTES // 256))
     mapped = np.memmap(path, dtype=np.float32, mode="r").reshape(pages, -1)  # a row a page
     assert _mapped_rss_kib(str(path)) == 0
-    harness.touch(mapped[:1])
+    touch(mapped[:1])
     # one page, and what the kernel maps around it: 64 KiB (fault-around) or a 2 MiB huge page (tmpfs)
     assert _mapped_rss_kib(str(path)) <= 2048
-    harness.touch(mapped)
+    touch(mapped)
     assert _mapped_rss_kib(str(path)) == pages * PAGE_BYTES // 1024
 
 
@@ -154,9 +153,8 @@ def test_flat_ragged_batches_read_their_own_rows_only(suite, tmp_path):
     # a batch of flat ragged rows may share a whole read's values with the batches after it: the
     # consumer reads the batch's own range (reading all of it each batch had charged readers that
     # decode a read at once, tsfs and the raw reference, once per batch for the whole read)
-    from _common import PAGE_BYTES
-    from suite import harness
-    from suite.data import Ragged
+    from benchmarks.consume import PAGE_BYTES, touch
+    from benchmarks.data import Ragged
 
     pages = 4096  # 16 MiB; 1 KiB a row
     path = tmp_path / "values"
@@ -164,15 +162,14 @@ def test_flat_ragged_batches_read_their_own_rows_only(suite, tmp_path):
     flat = np.memmap(path, dtype=np.int32, mode="r")
     offsets = np.arange(0, len(flat) + 1, 256)  # rows of 256 values
     batch = Ragged(flat, offsets[8192:8192 + 1024 + 1])  # 1,024 rows (1 MiB) from the 8 MiB mark on
-    harness.touch(batch)
+    touch(batch)
     kib = _mapped_rss_kib(str(path))
     assert 1024 <= kib <= 1024 + 2 * 2048  # its MiB (and at most a huge page either side), not 16 MiB
 
 
 def test_every_kind_of_batch_column_is_read(suite):
-    from _common import PAGE_BYTES
-    from suite import harness
-    from suite.data import Ragged
+    from benchmarks.consume import PAGE_BYTES, touch
+    from benchmarks.data import Ragged
 
     torch = pytest.importorskip("torch")
     values = np.ones(3 * PAGE_BYTES, np.uint8)
@@ -180,6 +177,6 @@ def test_every_kind_of_batch_column_is_read(suite):
                [values[:5], values[5:]], np.array([values[:5], values[5:]], dtype=object),
                torch.nested.nested_tensor([torch.ones(3), torch.ones(5)], layout=torch.jagged)]
     for column in columns:
-        harness.touch(column)
+        touch(column)
     with pytest.raises(TypeError, match="cannot touch"):
-        harness.touch({"not": "a column"})
+        touch({"not": "a column"})

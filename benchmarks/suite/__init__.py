@@ -1,9 +1,9 @@
-"""Pieces of ``benchmarks/bench_suite.py``: one module per system, plus the data, harness and report.
+"""The suite (``python -m benchmarks suite``): every system side by side on three datasets.
 
-``data``     the three datasets (image-like, tabular, token sequences): generation, sources on disk
-``harness``  timing, peak RSS, consuming and verifying batches (standard library + numpy only, so the
-             Petastorm virtualenv imports it too)
-``phase``    the entry point of one measurement subprocess
-``sys_*``    one module per system: how it writes the sources and how each of its readers reads
+``run``      the driver: phases, the reference run twice, profiles of missed targets, outputs
+``phase``    one measurement subprocess (``python -m benchmarks.suite.phase TASK.json``)
 ``report``   Markdown tables, PNG charts, the targets and the "where tsfs is behind" section
+``sys_*``    one module per system: how it writes the sources and how each of its readers reads
+             (``sys_pyarrow`` is also the raw reference of ``core`` and ``loader``, ``sys_tsfs``
+             their tsfs writer)
 """

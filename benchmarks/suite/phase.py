@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""One measurement subprocess of ``bench_suite.py``: ``python phase.py TASK.json``.
+"""One measurement subprocess of the suite: ``python -m benchmarks.suite.phase TASK.json``.
 
 Modes (``task["mode"]``):
 
@@ -28,17 +28,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # benchmarks/: _common, bench_core, suite.*
-
-from suite import data  # noqa: E402
-from suite.harness import Phase, Skip, release_memory, time_writes  # noqa: E402
-
-SYSTEMS = ("sys_tsfs", "sys_pyarrow", "sys_h5py", "sys_tfrecord", "sys_wds", "sys_hf")
-
-
-def system_module(name: str):
-    return importlib.import_module(f"suite.{name}")
+from .. import data  # noqa: E402
+from ..harness import Phase, Skip, cprofile, release_memory, time_writes  # noqa: E402
 
 
 def context(root: Path, kind: str) -> dict[str, Any]:
@@ -62,7 +53,7 @@ def context(root: Path, kind: str) -> dict[str, Any]:
 
 def payload_for(s: data.Spec, src: dict[str, Any], measure: str) -> int:
     if measure in ("seq", "shuffle", "write"):
-        return data.payload_bytes(s, src)
+        return data.column_bytes(s, src)
     if measure == "filter":
         return data.column_bytes(s, src, s.names, s.filter_k)
     if measure == "project":
@@ -148,13 +139,13 @@ def main(task_path: str) -> int:
             s = data.spec(kind, rows)
             src = data.generate(s, seed=task.get("seed", 0))
             data.save_source(src, root / kind / "src")
-            info = {"status": "ok", "rows": rows, "payload_bytes": data.payload_bytes(s, src)}
+            info = {"status": "ok", "rows": rows, "payload_bytes": data.column_bytes(s, src)}
             if kind == "tokens":
                 info["mean_len"] = float(src["tokens_offsets"][-1] / rows)
             phase.record(f"{kind}/src", info)
         return 0
 
-    mod = system_module(task["system"])
+    mod = importlib.import_module(f"benchmarks.suite.{task['system']}")
 
     if mode == "write":
         for kind, rows in kinds.items():
@@ -169,7 +160,7 @@ def main(task_path: str) -> int:
             def do_write() -> dict[str, Any]:
                 inputs["v"] = mod.prepare(s, src) if hasattr(mod, "prepare") else src
                 return time_writes(phase, lambda out: mod.write(s, inputs["v"], out, ctx), root / kind / fmt,
-                                   root / kind / f"{fmt}-scratch", data.payload_bytes(s, src), rows)
+                                   root / kind / f"{fmt}-scratch", data.column_bytes(s, src), rows)
 
             phase.guarded(key, do_write)
             shards = task.get("ttfb_shards", 0)
@@ -204,7 +195,7 @@ def main(task_path: str) -> int:
         if meta.get("before"):
             meta["before"]()
         fn(0)  # warm-up: imports, first opens
-        prof = spy = None
+        spy = None
         seconds = task.get("seconds", 5)
         if task.get("pyspy"):
             # py-spy attaches to this process (and its DataLoader workers) after the warm-up: the
@@ -217,33 +208,26 @@ def main(task_path: str) -> int:
             if reader.endswith("torch2"):
                 cmd.append("--subprocesses")
             spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        elif task.get("cprofile"):
-            import cProfile
+        res: dict[str, Any] = {"status": "ok", "passes": 0}
 
-            prof = cProfile.Profile()
-            prof.enable()
-        t_end = time.monotonic() + seconds + (2 if spy else 0)
-        passes = 0
-        while time.monotonic() < t_end and (spy is None or spy.poll() is None):
-            if meta.get("before"):
-                meta["before"]()
-            fn(passes + 1)
-            passes += 1
-        res: dict[str, Any] = {"status": "ok", "passes": passes}
+        def loop() -> None:
+            t_end = time.monotonic() + seconds + (2 if spy else 0)
+            while time.monotonic() < t_end and (spy is None or spy.poll() is None):
+                if meta.get("before"):
+                    meta["before"]()
+                res["passes"] += 1
+                fn(res["passes"])
+
+        if task.get("cprofile") and spy is None:
+            res["cprofile"] = cprofile(loop, (("tottime", 15),))
+        else:
+            loop()
         if spy is not None:
             try:
                 res["pyspy_rc"] = spy.wait(timeout=30)
             except Exception:  # noqa: BLE001
                 spy.kill()
                 res["pyspy_rc"] = None
-        if prof is not None:
-            import io
-            import pstats
-
-            prof.disable()
-            buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
-            res["cprofile"] = buf.getvalue()
         if meta.get("close"):
             meta["close"]()
         phase.record("loop", res)

@@ -1,6 +1,6 @@
 """The suite's report: Markdown tables per dataset x measure, PNG charts, targets and "where tsfs is behind".
 
-Input: the run record ``R`` built by ``bench_suite.py``::
+Input: the run record ``R`` built by ``suite/run.py``::
 
     R["results"][kind][measure][system] = one measure's result (harness.Phase entries)
     R["datasets"][kind] = {"rows", "payload_bytes", "row_nbytes", "filter_k", ...}
@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from _common import md_table
+from ..harness import header, md_table, ok, ratio, speed
 
 MEASURES = ("write", "seq", "shuffle", "filter", "project", "ttfb")
 MEASURE_TITLES = {
@@ -39,7 +39,7 @@ WRITE_LABELS = {
 READ_LABELS = {
     "pyarrow": "raw pyarrow: ParquetFile(mmap) + np.frombuffer, cut into 256-row views (reference)",
     "pyarrow-rg": "raw pyarrow, one batch per whole row group (not cut; not a reference)",
-    "tsfs-numpy": "tsfs Dataset.to_batches (numpy; variable rows flat_variable=True)",
+    "tsfs-numpy": "tsfs Dataset.to_batches (numpy; variable rows variable='flat')",
     "tsfs-torch0": "tsfs TorchDataset + DataLoader(num_workers=0)",
     "tsfs-torch0-flat": "tsfs TorchDataset(variable='flat') + DataLoader(num_workers=0): values + offsets",
     "tsfs-torch2": "tsfs TorchDataset + DataLoader(num_workers=2)",
@@ -72,29 +72,12 @@ def label(measure: str, system: str) -> str:
     return (WRITE_LABELS if measure == "write" else READ_LABELS).get(system, system)
 
 
-def ok(e: dict[str, Any] | None) -> bool:
-    return bool(e) and e.get("status") == "ok" and e.get("median_s") is not None
-
-
 def reference(R: dict[str, Any], kind: str, measure: str) -> tuple[dict[str, Any] | None, str]:
     """The raw-pyarrow entry a measure is divided by, and what it is."""
     res = R["results"].get(kind, {})
     if measure == "shuffle":
         return res.get("seq", {}).get("pyarrow"), "raw pyarrow sequential read (it has no shuffle)"
     return res.get(measure, {}).get("pyarrow"), "raw pyarrow, same measure"
-
-
-def ratio(e: dict[str, Any] | None, ref: dict[str, Any] | None, measure: str = "") -> float | None:
-    """System speed / reference speed (> 1: faster than raw pyarrow): rows/s for throughput measures,
-    1 / time for the time to first batch (first batches differ in size between systems)."""
-    if not ok(e) or not ok(ref):
-        return None
-    return _speed(e, measure) / _speed(ref, measure)
-
-
-def _speed(e: dict[str, Any], measure: str = "") -> float:
-    """rows/s, or first batches per second for the time to first batch."""
-    return 1.0 / e["median_s"] if measure == "ttfb" else e["rows"] / e["median_s"]
 
 
 def _fmt_int(x: float | None) -> str:
@@ -186,7 +169,7 @@ def _best(res: dict[str, Any], names, measure: str = "") -> tuple[str | None, di
     cands = [(n, res[n]) for n in names if ok(res.get(n))]
     if not cands:
         return None, None
-    return max(cands, key=lambda c: _speed(c[1], measure))
+    return max(cands, key=lambda c: speed(c[1], measure))
 
 
 def peers(measure: str) -> list[str]:
@@ -217,26 +200,22 @@ def evaluate_targets(R: dict[str, Any]) -> list[dict[str, Any]]:
                     e = res.get(name)
                     r = ratio(e, ref, measure) if e else None
                     out.append({"dataset": kind, "measure": measure, "target": f"{title} ({name})", "tsfs": name,
-                                "tsfs_rows_s": _speed(e) if ok(e) else None, "other": "pyarrow",
-                                "other_rows_s": _speed(ref) if ok(ref) else None, "ratio": r,
+                                "tsfs_rows_s": speed(e) if ok(e) else None, "other": "pyarrow",
+                                "other_rows_s": speed(ref) if ok(ref) else None, "ratio": r,
                                 "met": None if r is None else r >= 0.9, "threshold": 0.9})
                 continue
             names = {"torch": TSFS_TORCH, "tsfs": ("tsfs",), "any": TSFS_READERS}[group]
             tname, te = _best(res, names)
             pname, pe = _best(res, peers(measure))
-            r = _speed(te) / _speed(pe) if te and pe else None
+            r = speed(te) / speed(pe) if te and pe else None
             # a peer that failed in this run could have been faster: no verdict where tsfs leads
             failed = [p for p in peers(measure) if (res.get(p) or {}).get("status") == "failed"]
             met = None if r is None or (failed and r >= 1.0) else r >= 1.0
             out.append({"dataset": kind, "measure": measure, "target": title, "tsfs": tname,
-                        "tsfs_rows_s": _speed(te) if te else None, "other": pname,
-                        "other_rows_s": _speed(pe) if pe else None, "ratio": r,
+                        "tsfs_rows_s": speed(te) if te else None, "other": pname,
+                        "other_rows_s": speed(pe) if pe else None, "ratio": r,
                         "met": met, "threshold": 1.0, "failed": failed})
     return out
-
-
-def _row_group_rows(R: dict[str, Any], kind: str) -> int | None:
-    return R.get("extras", {}).get(kind, {}).get("tsfs_rg_rows")
 
 
 def explain(R: dict[str, Any], kind: str, measure: str, tsfs_name: str, winner: str) -> str:
@@ -349,12 +328,12 @@ def behind(R: dict[str, Any]) -> list[dict[str, Any]]:
                     continue
                 # raw pyarrow is the floor of tsfs's own cost: flag it only when tsfs is > 10 % behind
                 thr = 1.0 / 0.9 if sysname == "pyarrow" else 1.0
-                if _speed(e, measure) > _speed(te, measure) * thr:
-                    faster.append((sysname, _speed(e, measure) / _speed(te, measure)))
+                if speed(e, measure) > speed(te, measure) * thr:
+                    faster.append((sysname, speed(e, measure) / speed(te, measure)))
             if faster:
                 faster.sort(key=lambda x: -x[1])
                 out.append({"dataset": kind, "measure": measure, "tsfs": tname,
-                            "tsfs_rows_s": _speed(te) if measure != "ttfb" else None,
+                            "tsfs_rows_s": speed(te) if measure != "ttfb" else None,
                             "tsfs_s": te["median_s"], "faster": faster,
                             "why": explain(R, kind, measure, tname, faster[0][0])})
     return out
@@ -377,7 +356,6 @@ def chart(R: dict[str, Any], kind: str, path: Path) -> bool:
         return False
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(15, 9.5), gridspec_kw={"height_ratios": [3, 1.4]})
     systems = [s for s in READERS if any(ok(res.get(m, {}).get(s)) for m in tput)]
-    writers = [f for f in FORMATS if ok(res.get("write", {}).get(f))]
     missing = []
     for mi, m in enumerate(tput):
         names = [f for f in FORMATS if res.get("write", {}).get(f)] if m == "write" else systems
@@ -386,7 +364,7 @@ def chart(R: dict[str, Any], kind: str, path: Path) -> bool:
             e = res.get(m, {}).get(sname)
             x = mi - 0.4 + w * (si + 0.5)
             if ok(e):
-                ax.bar(x, _speed(e), width=w, color=COLORS.get(sname, "#999999"),
+                ax.bar(x, speed(e), width=w, color=COLORS.get(sname, "#999999"),
                        edgecolor="black" if sname.startswith("tsfs") else "none", linewidth=0.6)
             elif e is not None and not (m == "shuffle" and sname in ("pyarrow", "tsfs-numpy")):
                 missing.append(x)
@@ -419,7 +397,6 @@ def chart(R: dict[str, Any], kind: str, path: Path) -> bool:
         ax2.grid(axis="y", which="both", alpha=0.3)
     else:
         ax2.set_visible(False)
-    del writers
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -436,9 +413,7 @@ def _ratio_txt(r: float | None) -> str:
 
 def markdown(R: dict[str, Any], charts: dict[str, str]) -> str:
     meta = R["meta"]
-    lines = ["# tensorstore_fs benchmark suite", ""]
-    lines.append(f"Command: `{meta['command']}` — whole run {meta['elapsed_s']:.0f} s, {meta['env']}.")
-    lines.append("")
+    lines = [header("tensorstore_fs benchmark suite", meta["command"], meta["env"]), ""]
     if meta.get("args", {}).get("quick") == "True":
         lines += ["**--quick: tiny datasets and time budgets, a smoke test of the suite; do not draw conclusions "
                   "from these numbers.**", ""]

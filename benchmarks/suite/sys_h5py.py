@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from suite.data import BATCH, TAB_FEATURES, Spec, columns
-from suite.harness import PassOut, Skip, consume
+from ..consume import PassOut, consume
+from ..data import BATCH, TAB_FEATURES, Spec, columns
+from ..harness import Skip
 
 FORMAT = "h5py"
-READERS = {"h5py": "h5py batch slices (chunked, uncompressed)"}
 
 
 def _chunk_rows(row_nbytes: int, n: int) -> int:

@@ -14,12 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from suite.data import BATCH, Spec, columns
-from suite.harness import PassOut, Skip, consume
+from ..consume import PassOut, consume
+from ..data import BATCH, Spec, columns
+from ..harness import Skip
 
 FORMAT = "hf"
-READERS = {"hf-numpy": "HF datasets with_format('numpy').iter(256)",
-           "hf-torch": "HF datasets with_format('torch').iter(256)"}
 
 
 def _quiet():

@@ -20,22 +20,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from suite.data import BATCH, Ragged, Spec
-from suite.harness import PassOut, Skip, consume
+from ..consume import PassOut, consume
+from ..data import BATCH, Ragged, Spec
+from ..harness import Skip
 
 FORMAT = "pyarrow"
-READERS = {"pyarrow": "raw pyarrow: ParquetFile(mmap) + np.frombuffer, cut into 256-row views (reference)",
-           "pyarrow-rg": "raw pyarrow read like the reference, one batch per whole row group (not cut; not divided by)"}
 
 
-def arrow_table(s: Spec, src: dict[str, Any]):
-    """The source as one Arrow table in tsfs's storage layout, zero-copy where possible."""
+def fsb(a: Any) -> Any:
+    """numpy (n, ...) array -> Arrow ``fixed_size_binary(row bytes)``, zero-copy."""
     import numpy as np
     import pyarrow as pa
 
-    from bench_core import fsb
+    a = np.ascontiguousarray(a)
+    nbytes = a.itemsize * (a.size // len(a))
+    return pa.Array.from_buffers(pa.binary(nbytes), len(a), [None, pa.py_buffer(a.reshape(-1).view(np.uint8))])
+
+
+def np_fixed(arr: Any, dtype: str, shape: tuple[int, ...]) -> Any:
+    """``fixed_size_binary`` Arrow array -> zero-copy (n, *shape) numpy view (honours ``arr.offset``)."""
+    import numpy as np
+
+    n = len(arr)
+    rb = arr.type.byte_width
+    flat = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=n * rb, offset=arr.offset * rb)
+    return flat.view(dtype).reshape((n, *shape))
+
+
+def arrow_table(s: Spec, src: dict[str, Any]) -> Any:
+    """The source as one Arrow table in tsfs's storage layout, zero-copy where possible."""
+    import numpy as np
+    import pyarrow as pa
 
     arrays, names = [], []
     for c in s.cols:
@@ -71,11 +88,9 @@ def write(s: Spec, src: dict[str, Any], out: Path, ctx: dict[str, Any]) -> dict[
     return {"row_group_rows": ctx["tsfs_rg_rows"]}
 
 
-def decode(t, s: Spec) -> dict[str, Any]:
+def decode(t: Any, s: Spec) -> dict[str, Any]:
     """Arrow table / record batch in tsfs layout -> numpy (the reference decode)."""
     import numpy as np
-
-    from _common import np_fixed
 
     out: dict[str, Any] = {}
     for name in t.column_names:
@@ -97,7 +112,7 @@ def decode(t, s: Spec) -> dict[str, Any]:
     return out
 
 
-def cut(batch: dict[str, Any], rows: int):
+def cut(batch: dict[str, Any], rows: int) -> Iterator[dict[str, Any]]:
     """``batch`` (numpy columns, Ragged token rows) as views of ``rows`` rows each."""
     n = len(next(iter(batch.values()))) if batch else 0
     for a in range(0, n, rows):
@@ -105,10 +120,44 @@ def cut(batch: dict[str, Any], rows: int):
         yield {k: Ragged(v.flat, v.offsets[a:b + 1]) if isinstance(v, Ragged) else v[a:b] for k, v in batch.items()}
 
 
-def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
+def _whole_or_cut(batch: dict[str, Any], rows: int | None) -> Iterator[dict[str, Any]]:
+    return iter([batch]) if rows is None else cut(batch, rows)
+
+
+def row_groups(files: list[str], s: Spec, columns: list[str] | None = None, rows: int | None = None,
+               reopen: bool = False) -> Callable[[], Iterator[dict[str, Any]]]:
+    """The reference read, as a function that makes one pass: every row group of every file,
+    memory-mapped without pre-buffering, decoded (:func:`decode`), cut into ``rows``-row views
+    where given. The files are opened once, as tsfs keeps its own open across passes, or every
+    pass with ``reopen``."""
+    import pyarrow.parquet as pq
+
+    def open_(path: str) -> Any:
+        return pq.ParquetFile(path, memory_map=True, pre_buffer=False)
+
+    kept = None if reopen else [open_(f) for f in files]
+
+    def batches() -> Iterator[dict[str, Any]]:
+        for pf in map(open_, files) if kept is None else kept:
+            for g in range(pf.num_row_groups):
+                yield from _whole_or_cut(decode(pf.read_row_group(g, columns=columns), s), rows)
+
+    return batches
+
+
+def filtered(files: list[str], s: Spec, k: int, rows: int | None = None) -> Iterator[dict[str, Any]]:
+    """One pass of ``pyarrow.dataset`` over ``files`` with the filter ``id < k`` (row-group
+    statistics pruning), decoded, cut into ``rows``-row views where given."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
+
+    for b in pads.dataset(files, format="parquet").to_batches(filter=pc.field("id") < k):
+        if b.num_rows:
+            yield from _whole_or_cut(decode(b, s), rows)
+
+
+def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str) -> tuple[Callable[[int], PassOut], dict[str, Any]]:
+    import pyarrow.dataset as pads
 
     keys = {c: c for c in s.names}
     files = ctx["tsfs_files"]
@@ -117,30 +166,15 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
     if name == "pyarrow-rg" and measure not in ("seq", "project"):
         raise Skip("shown for the sequential read and the projection only")
     if measure in ("seq", "project"):
-        opened = [pq.ParquetFile(f, memory_map=True, pre_buffer=False) for f in files]  # opened once, like tsfs
         cols = ["label"] if measure == "project" else None
-        k = {"label": "label"} if cols else keys
-        id_key = None if cols else "id"
-
-        def batches():
-            for pf in opened:
-                for g in range(pf.num_row_groups):
-                    whole = decode(pf.read_row_group(g, columns=cols), s)
-                    if name == "pyarrow-rg":
-                        yield whole
-                    else:
-                        yield from cut(whole, BATCH)
+        batches = row_groups(files, s, cols, None if name == "pyarrow-rg" else BATCH)
 
         def run(epoch: int) -> PassOut:
-            return consume(batches(), k, id_key)
+            return consume(batches(), {"label": "label"} if cols else keys, None if cols else "id")
         return run, {}
     if measure == "filter":
-        expr = pc.field("id") < s.filter_k
-
         def run(epoch: int) -> PassOut:
-            dset = pads.dataset(files, format="parquet")
-            return consume((c for b in dset.to_batches(filter=expr) if b.num_rows for c in cut(decode(b, s), BATCH)),
-                           keys, "id")
+            return consume(filtered(files, s, s.filter_k, BATCH), keys, "id")
         return run, {}
     if measure == "ttfb":
         url = ctx["ttfb_paths"].get("tsfs")

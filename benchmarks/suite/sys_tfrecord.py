@@ -19,11 +19,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from suite.data import BATCH, SHUFFLE_BUFFER, TOKEN_LEN, Spec
-from suite.harness import PassOut, Skip, consume
+from ..consume import PassOut, consume
+from ..data import BATCH, SHUFFLE_BUFFER, TOKEN_LEN, Spec
+from ..harness import Skip
 
 FORMAT = "tfrecord"
-READERS = {"tfrecord": "tf.data TFRecordDataset + batched parse_example"}
 SHARDS = 8
 
 

@@ -1,25 +1,20 @@
 """tensorstore_fs: ``write_dataset``; reads through ``Dataset.to_batches`` (numpy; variable-shape rows
-with ``flat_variable=True``, flat values plus offsets like the raw reference hands over), ``TorchDataset``
+with ``variable="flat"``, flat values plus offsets like the raw reference hands over), ``TorchDataset``
 in a ``DataLoader`` (``num_workers`` 0 and 2, ``batch_size=None``, persistent workers for 2; token rows
 padded per batch, the adapter's default) and ``make_tf_dataset`` (tf.data; ``tf.RaggedTensor``)."""
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
-from suite.data import BATCH, Spec, columns, tsfs_schema, write_batches
-from suite.harness import PassOut, Skip, consume
+from ..consume import PassOut, consume
+from ..data import BATCH, Ragged, Spec, columns, tsfs_schema, write_batches
+from ..harness import Skip, fresh_each_pass, shutdown_workers
 
 FORMAT = "tsfs"
-READERS = {
-    "tsfs-numpy": "tsfs Dataset.to_batches (numpy; variable rows flat_variable=True)",
-    "tsfs-torch0": "tsfs TorchDataset + DataLoader(num_workers=0)",
-    "tsfs-torch2": "tsfs TorchDataset + DataLoader(num_workers=2, persistent)",
-    "tsfs-torch0-flat": "tsfs TorchDataset(variable='flat') + DataLoader(num_workers=0)",
-    "tsfs-tf": "tsfs make_tf_dataset (tf.data)",
-}
 
 
 def prepare(s: Spec, src: dict[str, Any]) -> dict[str, Any]:
@@ -53,8 +48,13 @@ def write_ttfb(s: Spec, cols: dict[str, Any], out: Path, shards: int, ctx: dict[
     raise Skip(f"could not get {shards} shards (got {info['shards']})")
 
 
-def _keys(s: Spec, cols: list[str] | None = None) -> dict[str, str]:
-    return {c: c for c in (cols or s.names)}
+def flat_rows(method: Any) -> dict[str, Any]:
+    """The keyword of ``Dataset.scanner`` / ``to_batches`` that hands variable-shape rows over as
+    flat values + offsets: ``variable="flat"``, or ``flat_variable=True`` where the library
+    predates that keyword."""
+    if "variable" in inspect.signature(method).parameters:
+        return {"variable": "flat"}
+    return {"flat_variable": True}
 
 
 def _loader(url: str, nw: int, **kw):
@@ -76,12 +76,12 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
     url = ctx["paths"]["tsfs"]
     flt = pc.field("id") < s.filter_k
     cols = ["label"] if measure == "project" else None
-    keys = _keys(s, cols)
+    keys = {c: c for c in (cols or s.names)}
     id_key = None if measure == "project" else "id"
     kw: dict[str, Any] = {}
     if measure == "filter":
         kw["filter"] = flt
-    flat = {"flat_variable": True} if any(c.is_variable for c in s.cols) else {}
+    variable = [c.name for c in s.cols if c.is_variable]
     if cols:
         kw["columns"] = cols
     limit = 1 if measure == "ttfb" else None
@@ -95,9 +95,12 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
             raise Skip("to_batches reads in storage order; shuffling lives in the torch / tf.data adapters")
         if measure == "ttfb":
             def run(epoch: int) -> PassOut:
-                return consume(tsfs.open_dataset(url).to_batches(batch_size=BATCH, **flat), keys, id_key, limit=1)
+                ds = tsfs.open_dataset(url)
+                flat = flat_rows(ds.to_batches) if variable else {}
+                return consume(ds.to_batches(batch_size=BATCH, **flat), keys, id_key, limit=1)
             return run, {}
         ds = tsfs.open_dataset(url)
+        flat = flat_rows(ds.scanner) if variable else {}
         meta: dict[str, Any] = {}
         last: list[Any] = []
 
@@ -117,7 +120,6 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
         return run, meta
 
     if name == "tsfs-torch0-flat":
-        variable = [c.name for c in s.cols if c.is_variable]
         if not variable:
             raise Skip("no variable-shape field: the same reader as tsfs-torch0")
         if measure == "project":
@@ -133,24 +135,15 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
         if measure in ("ttfb", "filter"):
             # from scratch every pass (the filter too: evaluating it is part of the cost, as for every
             # other system); the previous pass's workers are stopped untimed before the next pass
-            keep: list[Any] = []
-
-            def drop() -> None:
-                while keep:
-                    _shutdown(keep.pop())
-
-            def run(epoch: int) -> PassOut:
-                _, dl = _loader(url, nw, num_epochs=1, **kw)
-                keep.append(dl)
-                return eat(dl, keys, id_key, limit=limit)
-            return run, {"before": drop, "close": drop}
+            return fresh_each_pass(lambda epoch: _loader(url, nw, num_epochs=1, **kw)[1],
+                                   lambda dl: eat(dl, keys, id_key, limit=limit))
         tds, dl = _loader(url, nw, shuffle=shuffle, num_epochs=1, **kw)
         meta = {"window_rows": tds.spec.window_rows} if shuffle else {}
 
         def run(epoch: int) -> PassOut:
             return eat(dl, keys, id_key)
 
-        meta["close"] = lambda: _shutdown(dl)
+        meta["close"] = lambda: shutdown_workers(dl)
         return run, meta
 
     if name == "tsfs-tf":
@@ -174,9 +167,6 @@ def _flat_consumer(variable: list[str]):
     """``consume`` over batches whose variable-shape fields are flat values plus ``__offsets``:
     each field is handed to it as rows over those values (``Ragged``), the consumer's view of a
     ragged batch, so its per-row checks read the rows themselves."""
-    from suite.data import Ragged
-    from suite.harness import consume as plain
-
     def as_rows(batches):
         for b in batches:
             b = dict(b)
@@ -185,28 +175,24 @@ def _flat_consumer(variable: list[str]):
             yield b
 
     def run(batches, keys, id_key="id", limit=None):
-        return plain(as_rows(batches), keys, id_key, limit=limit)
+        return consume(as_rows(batches), keys, id_key, limit=limit)
     return run
-
-
-def _shutdown(dl: Any) -> None:
-    it = getattr(dl, "_iterator", None)
-    if it is not None and hasattr(it, "_shutdown_workers"):
-        it._shutdown_workers()
-    dl._iterator = None
 
 
 def quality(s: Spec, ctx: dict[str, Any]) -> dict[str, Any]:
     """``tensorstore_fs.quality.shuffle_quality`` of one shuffled epoch (2 persistent workers)."""
+    import numpy as np
+
     import tensorstore_fs as tsfs
     from tensorstore_fs.quality import shuffle_quality
 
     url = ctx["paths"]["tsfs"]
     tds, dl = _loader(url, 2, shuffle=True, num_epochs=1, with_row_ids=True)
     ids = [b["__row_id__"].numpy().copy() for b in dl]
-    _shutdown(dl)
+    shutdown_workers(dl)
     ds = tsfs.open_dataset(url)
     q = shuffle_quality(ids, ds)
     return {"status": "ok", "spearman": q.spearman, "shards_per_batch": q.shards_per_batch,
             "row_groups_per_batch": q.row_groups_per_batch, "batches": q.batches, "rows": q.rows,
+            "distinct_rows": int(len(np.unique(np.concatenate(ids)))),
             "window_rows": tds.spec.window_rows, "row_groups": len(ds.row_groups), "shards": len(ds.shards)}

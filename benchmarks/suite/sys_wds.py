@@ -18,12 +18,11 @@ import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
-from suite.data import BATCH, SHUFFLE_BUFFER, TAB_FEATURES, Spec, columns
-from suite.harness import PassOut, Skip, consume
+from ..consume import PassOut, consume
+from ..data import BATCH, SHUFFLE_BUFFER, TAB_FEATURES, Spec, columns
+from ..harness import Skip, fresh_each_pass, shutdown_workers
 
 FORMAT = "wds"
-READERS = {"wds": "WebDataset .decode().batched(256), main process",
-           "wds-torch2": "WebDataset in WebLoader (torch DataLoader, 2 workers)"}
 SHARDS = 8
 
 
@@ -136,28 +135,9 @@ def reader(name: str, s: Spec, ctx: dict[str, Any], measure: str):
                              multiprocessing_context=mp.get_context("fork"))
 
     if measure == "ttfb":
-        keep: list[Any] = []
-
-        def drop() -> None:
-            while keep:
-                _shutdown(keep.pop())
-
-        def run(epoch: int) -> PassOut:
-            dl = loader()
-            keep.append(dl)
-            return consume(dl, keys, id_key, limit=1)
-        return run, {"before": drop, "close": drop}
+        return fresh_each_pass(lambda epoch: loader(), lambda dl: consume(dl, keys, id_key, limit=1))
     dl = loader()
 
     def run(epoch: int) -> PassOut:
         return consume(dl, keys, id_key)
-    return run, {"close": lambda: _shutdown(dl)}
-
-
-def _shutdown(dl: Any) -> None:
-    inner = getattr(dl, "pipeline", [None])[0] if hasattr(dl, "pipeline") else dl
-    it = getattr(inner, "_iterator", None)
-    if it is not None and hasattr(it, "_shutdown_workers"):
-        it._shutdown_workers()
-    if inner is not None:
-        inner._iterator = None
+    return run, {"close": lambda: shutdown_workers(dl)}

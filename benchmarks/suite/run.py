@@ -1,89 +1,87 @@
-#!/usr/bin/env python
-"""Benchmark suite: tensorstore_fs against every path a user would compare, side by side, in one run.
+"""Suite: tensorstore_fs against every path a user would compare, side by side, in one run.
 
-Datasets (generated once, every system writes the very same numpy arrays; see ``suite/data.py``):
-``image`` (id int64, label int32, image uint8 3x64x64, embedding float32 256: 13,324 B/row),
-``tabular`` (id, label, 16 float32 scalars: 76 B/row), ``tokens`` (id, label, int32 sequences of
-16..512 tokens: ~1 KiB/row).
-
-Systems (one module each under ``suite/``):
-
-* tensorstore_fs   ``write_dataset``; ``Dataset.to_batches`` (numpy), ``TorchDataset`` in a torch
-                   ``DataLoader`` (num_workers 0 and 2), ``make_tf_dataset`` (tf.data)
-* raw pyarrow      the reference: ``pq.write_table``; ``ParquetFile(memory_map=True)`` + ``np.frombuffer``
-                   over tsfs's own shard files; ``pyarrow.dataset`` for the filter and 1000 files
-* h5py             chunked, uncompressed; batch slices
-* TFRecord         ``tensorstore_fs.converters.to_tfrecord``; tf.data batched ``parse_example`` + ``decode_raw``
-* WebDataset       ``ShardWriter`` tar shards (.npy per tensor); ``WebDataset(...).decode().batched()``,
-                   in the main process and in a torch ``DataLoader`` (2 workers)
-* HF datasets      ``from_dict`` + ``save_to_disk``; ``with_format("numpy" | "torch").iter()``
-* Petastorm 0.13.1 Spark ``materialize_dataset``; ``make_reader`` and ``make_batch_reader`` (own virtualenv)
+Datasets (``data.py``; generated once, every system writes the very same numpy arrays): ``image``
+(13,324 B/row), ``tabular`` (id, label, 16 float32 scalars: 76 B/row), ``tokens`` (int32 sequences
+of 16..512 tokens: ~1 KiB/row). Systems, one module each (``suite/sys_*.py``): tensorstore_fs
+(numpy, torch with 0 and 2 workers, tf.data), raw pyarrow (the reference), h5py, TFRecord,
+WebDataset, Hugging Face ``datasets`` and Petastorm 0.13.1 (own virtualenv).
 
 Measures: write; sequential read; shuffled read (each system's own shuffle); 1 % filter
 ``id < n/100``; projection (``label`` only); time to first batch on a 1000-shard copy; peak RSS of
-each (every system in a fresh subprocess, ``VmHWM`` reset before each measure); tsfs shuffle quality.
-Each figure: median of ``--repeat`` repetitions after a warm-up, rows/s, GB/s, and the ratio to raw
-pyarrow's figure from this run (for the shuffled read: pyarrow's sequential read). Where a target is
-missed, tsfs is profiled (py-spy, cProfile as fallback) and the top 15 functions are reported.
-
-Every read consumes every batch (each column's length checked, one byte of every page read) and verifies the
-rows (the ids: each row exactly once; for the filter exactly ``id < k``). A system that fails or is
-missing is reported as skipped/failed with the reason; the suite goes on.
-
-Usage::
-
-    python benchmarks/bench_suite.py            # full run: results/suite.{md,json}, results/suite_*.png
-    python benchmarks/bench_suite.py --quick    # tiny sizes (1-2 minutes), written to /tmp/tsfs_suite_quick
+each (every system in a fresh subprocess: ``suite/phase.py``); tsfs shuffle quality. Each figure:
+median of ``--repeat`` repetitions after a warm-up (``harness.Phase``), rows/s, GB/s, and the ratio
+to raw pyarrow's figure from this run. Where a target is missed, tsfs is profiled (py-spy, cProfile
+as fallback). Every read consumes every batch and verifies the rows; a system that fails or is
+missing is reported as skipped/failed with the reason. Results: ``suite.md``, ``suite.json``,
+``suite_<dataset>.png`` (``suite/report.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import platform
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+from .. import petastorm_venv
+from ..data import BATCH, KINDS, SHUFFLE_BUFFER, TOKEN_LEN, spec
+from ..harness import ROOT, RunInfo, log, ok, pool, workdir, write_report
+from . import report
 
-from suite import report  # noqa: E402
-from suite.data import BATCH, SHUFFLE_BUFFER, TOKEN_LEN, spec  # noqa: E402
-
-log = logging.getLogger("bench_suite")
-
-PHASE = HERE / "suite" / "phase.py"
-RESULTS = HERE / "results"
-QUICK_OUT = Path(tempfile.gettempdir()) / "tsfs_suite_quick"
 MEASURES = ("ttfb", "seq", "shuffle", "filter", "project")  # cheap one first: never cut by the budget
 WRITERS = ("sys_tsfs", "sys_pyarrow", "sys_h5py", "sys_tfrecord", "sys_wds", "sys_hf")  # tsfs first: others use it
-READERS = (("sys_pyarrow", "pyarrow"), ("sys_pyarrow", "pyarrow-rg"), ("sys_tsfs", "tsfs-numpy"), ("sys_tsfs", "tsfs-torch0"), ("sys_tsfs", "tsfs-torch0-flat"),
-           ("sys_tsfs", "tsfs-torch2"), ("sys_tsfs", "tsfs-tf"), ("sys_h5py", "h5py"), ("sys_tfrecord", "tfrecord"),
-           ("sys_wds", "wds"), ("sys_wds", "wds-torch2"), ("sys_hf", "hf-numpy"), ("sys_hf", "hf-torch"))
+READERS = (("sys_pyarrow", "pyarrow"), ("sys_pyarrow", "pyarrow-rg"), ("sys_tsfs", "tsfs-numpy"),
+           ("sys_tsfs", "tsfs-torch0"), ("sys_tsfs", "tsfs-torch0-flat"), ("sys_tsfs", "tsfs-torch2"),
+           ("sys_tsfs", "tsfs-tf"), ("sys_h5py", "h5py"), ("sys_tfrecord", "tfrecord"), ("sys_wds", "wds"),
+           ("sys_wds", "wds-torch2"), ("sys_hf", "hf-numpy"), ("sys_hf", "hf-torch"))
 PETASTORM_READERS = ("petastorm-reader", "petastorm-batch")
-FULL = {"rows_image": 10_000, "rows_tabular": 50_000, "rows_tokens": 20_000, "budget_s": 20.0, "min_rep_s": 0.25,
-        "slow_s": 2.0, "ttfb_shards": 1000, "profile_s": 5.0, "profiles": 12}
-QUICK = {"rows_image": 300, "rows_tabular": 3000, "rows_tokens": 600, "budget_s": 1.5, "min_rep_s": 0.02,
-         "slow_s": 0.3, "ttfb_shards": 100, "profile_s": 1.5, "profiles": 1}
+SYSTEMS = ("tsfs", "pyarrow", "h5py", "tfrecord", "wds", "hf", "petastorm")
+FULL = {"rows_image": 10_000, "rows_tabular": 50_000, "rows_tokens": 20_000, "repeat": 3, "warmup": 1,
+        "budget_s": 20.0, "min_rep_s": 0.25, "slow_s": 2.0, "ttfb_shards": 1000, "profile_s": 5.0, "profiles": 12}
+QUICK = {"rows_image": 300, "rows_tabular": 3000, "rows_tokens": 600, "repeat": 2, "warmup": 1, "budget_s": 1.5,
+         "min_rep_s": 0.02, "slow_s": 0.3, "ttfb_shards": 100, "profile_s": 1.5, "profiles": 1}
 
 
-# ------------------------------------------------------------------------------------------------
-# running phases
-# ------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for kind in KINDS:
+        p.add_argument(f"--rows-{kind}", type=int, help=f"{kind} rows (default {FULL['rows_' + kind]:,}; quick "
+                       f"{QUICK['rows_' + kind]:,})")
+    p.add_argument("--datasets", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=None,
+                   help="a subset of the systems (raw pyarrow and tsfs always run)")
+    p.add_argument("--min-rep-s", type=float, help="a repetition runs whole passes for at least this long "
+                   f"(default {FULL['min_rep_s']}; quick {QUICK['min_rep_s']})")
+    p.add_argument("--slow-s", type=float, help=f"first passes this long count as a repetition (default {FULL['slow_s']})")
+    p.add_argument("--budget-s", type=float, help="time budget of one system on one dataset (its measures share it; "
+                   f"default {FULL['budget_s']:g} s)")
+    p.add_argument("--ttfb-shards", type=int, help=f"shards of the time-to-first-batch copies (default "
+                   f"{FULL['ttfb_shards']}; quick {QUICK['ttfb_shards']})")
+    p.add_argument("--profiles", type=int, help="tsfs profiles for missed targets, at most (default 12: every miss)")
+    p.add_argument("--profile-s", type=float, help="seconds of repeated passes per profile (default 5)")
+    p.add_argument("--render", type=Path, default=None, metavar="SUITE_JSON",
+                   help="measure nothing: re-render suite.md and the charts from an earlier run's suite.json")
+
+
+def check(args: argparse.Namespace) -> str | None:
+    if args.warmup < 1:
+        return "--warmup must be >= 1"
+    if min(args.rows_image, args.rows_tabular, args.rows_tokens) < BATCH:
+        return f"every dataset needs at least {BATCH} rows"
+    return None
+
 
 class Runner:
+    """Runs the suite's phases, each a subprocess (``python -m benchmarks.suite.phase TASK.json``) in its
+    own session, with a timeout; their task, result and log files go to ``<work>/logs``."""
+
     def __init__(self, work: Path, args: argparse.Namespace) -> None:
         self.work, self.args = work, args
         self.logs = work / "logs"
@@ -96,15 +94,18 @@ class Runner:
         return {"mode": mode, "root": str(self.work / "data"), "kinds": kinds, "repeat": a.repeat, "warmup": a.warmup,
                 "min_rep_s": a.min_rep_s, "slow_s": a.slow_s, "budget_s": a.budget_s, "max_inner": 200, **kw}
 
+    def _stem(self, name: str) -> str:
+        """``logs/NN-name``: the stem of one phase's task, result and log files."""
+        self.n += 1
+        return str(self.logs / (f"{self.n:02d}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)))
+
     def run(self, name: str, task: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Run one phase subprocess; its results (partial if it died) plus ``__error__`` when it failed."""
-        self.n += 1
-        tag = f"{self.n:02d}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-        task = {**task, "out": str(self.logs / f"{tag}.json")}
-        tpath = self.logs / f"{tag}.task.json"
+        stem = self._stem(name)
+        task = {**task, "out": f"{stem}.json"}
+        tpath, logf = Path(f"{stem}.task.json"), Path(f"{stem}.log")
         tpath.write_text(json.dumps(task))
-        logf = self.logs / f"{tag}.log"
-        cmd = [sys.executable, str(PHASE), str(tpath)]
+        cmd = [sys.executable, "-m", "benchmarks.suite.phase", str(tpath)]
         t0 = time.perf_counter()
         err = None
         with open(logf, "w") as fh:
@@ -125,6 +126,15 @@ class Runner:
         log.info("%-28s %6.1f s%s", name, time.perf_counter() - t0, f"  ({err})" if err else "")
         return res
 
+    def petastorm(self, py: Path, cmd: str, name: str, task: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """A Petastorm phase (``_petastorm_worker.py cmd``, in its virtualenv); like :meth:`run`."""
+        stem = self._stem(name)
+        t0 = time.perf_counter()
+        res = petastorm_venv.run_task(py, cmd, {**task, "out": f"{stem}.json"}, Path(f"{stem}.task.json"),
+                                      self.logs / "petastorm.log", timeout)
+        log.info("%-28s %6.1f s", name, time.perf_counter() - t0)
+        return res
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
@@ -140,6 +150,7 @@ def tail(path: Path, lines: int = 3) -> str:
     except OSError:
         return ""
     return (": " + " | ".join(text[-lines:]))[:400] if text else ""
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,22 +179,10 @@ def merge(R: dict[str, Any], res: dict[str, Any], expect: list[tuple[str, str, s
 
 def combine_reference(first: dict[str, Any] | None, second: dict[str, Any] | None) -> dict[str, Any] | None:
     """Raw pyarrow was run first and last: one entry from both runs' repetitions (drift shows in ``runs_s``)."""
-    import statistics
+    if not ok(first) or not ok(second):
+        return first if ok(first) else second
+    return pool([first, second])
 
-    if not report.ok(first) or not report.ok(second):
-        return first if report.ok(first) else second
-    times = first["times_s"] + second["times_s"]
-    med = statistics.median(times)
-    out = {**first, "times_s": times, "median_s": med, "reps": len(times), "rows_s": first["rows"] / med,
-           "gb_s": first["payload_bytes"] / med / 1e9 if first.get("payload_bytes") else None,
-           "runs_s": [first["median_s"], second["median_s"]],
-           "peak_rss_mib": max(first["peak_rss_mib"], second["peak_rss_mib"])}
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# profiles
-# ------------------------------------------------------------------------------------------------
 
 def _frame(f: str) -> str:
     m = re.match(r"(.*) \((.*?):\d+\)$", f.strip())
@@ -238,73 +237,8 @@ def profile(runner: Runner, kind: str, rows: int, system: str, reader: str, meas
     return None
 
 
-# ------------------------------------------------------------------------------------------------
-# main
-# ------------------------------------------------------------------------------------------------
-
-def versions() -> str:
-    out = [f"Python {platform.python_version()}"]
-    for pkg in ("numpy", "pyarrow", "torch", "tensorflow-cpu", "h5py", "webdataset", "datasets"):
-        try:
-            out.append(f"{pkg.replace('-cpu', '')} {metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            pass
-    import tensorstore_fs
-
-    out.append(f"tensorstore_fs {tensorstore_fs.__version__}")
-    return ", ".join(out) + f"; {os.cpu_count()} CPUs, {platform.machine()}"
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--quick", action="store_true", help="tiny sizes and budgets (1-2 minutes, a smoke test); results go to "
-                   f"{QUICK_OUT} unless --out-dir")
-    p.add_argument("--rows-image", type=int, help=f"image rows (default {FULL['rows_image']:,}; quick {QUICK['rows_image']})")
-    p.add_argument("--rows-tabular", type=int, help=f"tabular rows (default {FULL['rows_tabular']:,}; quick "
-                   f"{QUICK['rows_tabular']:,})")
-    p.add_argument("--rows-tokens", type=int, help=f"token-sequence rows (default {FULL['rows_tokens']:,}; quick "
-                   f"{QUICK['rows_tokens']})")
-    p.add_argument("--datasets", nargs="+", choices=["image", "tabular", "tokens"], default=["image", "tabular", "tokens"])
-    p.add_argument("--systems", nargs="+", default=None,
-                   help="subset of: tsfs pyarrow h5py tfrecord wds hf petastorm (raw pyarrow and tsfs always run)")
-    p.add_argument("--repeat", type=int, default=3, help="timed repetitions per measure (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up passes per measure (default 1)")
-    p.add_argument("--min-rep-s", type=float, help="a repetition runs whole passes for at least this long "
-                   f"(default {FULL['min_rep_s']}; quick {QUICK['min_rep_s']})")
-    p.add_argument("--slow-s", type=float, help="first passes this long count as a repetition (default "
-                   f"{FULL['slow_s']})")
-    p.add_argument("--budget-s", type=float, help="time budget of one system on one dataset (its measures share it; "
-                   f"default {FULL['budget_s']:g} s)")
-    p.add_argument("--ttfb-shards", type=int, help=f"shards of the time-to-first-batch copies (default "
-                   f"{FULL['ttfb_shards']}; quick {QUICK['ttfb_shards']})")
-    p.add_argument("--profiles", type=int, help="tsfs profiles for missed targets, at most (default 12: every miss)")
-    p.add_argument("--profile-s", type=float, help="seconds of repeated passes per profile (default 5)")
-    p.add_argument("--dir", type=Path, default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
-                   help="where the datasets go (default /dev/shm: tmpfs); a temporary folder inside, removed at the end")
-    p.add_argument("--keep", action="store_true", help="keep the datasets and logs")
-    p.add_argument("--out-dir", type=Path, default=None,
-                   help=f"suite.md, suite.json, suite_<dataset>.png (default {RESULTS.relative_to(ROOT)}/; --quick: {QUICK_OUT})")
-    p.add_argument("--skip-petastorm", action="store_true", help="do not build or run Petastorm")
-    p.add_argument("--petastorm-venv", type=Path, default=HERE / ".petastorm-venv")
-    p.add_argument("--render", type=Path, default=None, metavar="SUITE_JSON",
-                   help="measure nothing: re-render suite.md and the charts from an earlier run's suite.json")
-    args = p.parse_args(argv)
-    base = QUICK if args.quick else FULL
-    for k, v in base.items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
-    if args.out_dir is None:
-        args.out_dir = QUICK_OUT if args.quick else RESULTS
-    if args.repeat < 1 or args.warmup < 1:
-        p.error("--repeat and --warmup must be >= 1")
-    if min(args.rows_image, args.rows_tabular, args.rows_tokens) < BATCH:
-        p.error(f"every dataset needs at least {BATCH} rows")
-    return args
-
-
-def write_outputs(R: dict[str, Any], out_dir: Path) -> str:
-    """suite.md, suite.json and suite_<dataset>.png under ``out_dir``; the Markdown."""
+def write_outputs(R: dict[str, Any], out_dir: Path) -> None:
+    """suite.md, suite.json and suite_<dataset>.png under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     charts = {}
     for kind in R["results"]:
@@ -314,29 +248,34 @@ def write_outputs(R: dict[str, Any], out_dir: Path) -> str:
                 charts[kind] = png.name
         except Exception as e:  # noqa: BLE001 - the tables still get written
             log.warning("chart %s failed: %s", kind, e)
-    md = report.markdown(R, charts)
-    (out_dir / "suite.md").write_text(md)
-    (out_dir / "suite.json").write_text(json.dumps(R, indent=1, default=str))
-    return md
+    write_report(out_dir, "suite", [report.markdown(R, charts)], R)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+def main(args: argparse.Namespace) -> int:
     if args.render is not None:
         R = json.loads(args.render.read_text())
         R["targets"] = report.evaluate_targets(R)
         R["behind"] = report.behind(R)
-        write_outputs(R, args.out_dir)
-        log.info("re-rendered %s from %s", args.out_dir / "suite.md", args.render)
+        write_outputs(R, args.out)
+        log.info("re-rendered %s from %s", args.out / "suite.md", args.render)
         return 0
-    want = set(args.systems or ["tsfs", "pyarrow", "h5py", "tfrecord", "wds", "hf", "petastorm"]) | {"tsfs", "pyarrow"}
+    want = set(args.systems or SYSTEMS) | {"tsfs", "pyarrow"}
     kinds = {k: getattr(args, f"rows_{k}") for k in args.datasets}
-    t_start = time.perf_counter()
-    load0 = os.getloadavg()[0]
-    work = Path(tempfile.mkdtemp(prefix="tsfs_suite_", dir=str(args.dir) if args.dir else None))
-    runner = Runner(work, args)
+    run = RunInfo()
     R: dict[str, Any] = {"results": {}, "extras": {}, "datasets": {}, "profiles": {}}
+    with workdir(args.work, "tsfs_suite_", args.keep) as work:
+        measure(args, want, kinds, work, R)
+    R.setdefault("targets", report.evaluate_targets(R))
+    R["behind"] = report.behind(R)
+    R["meta"] = {"command": run.command, "elapsed_s": run.elapsed, "env": run.env(), "repeat": args.repeat,
+                 "args": {k: str(v) for k, v in vars(args).items()}, "notes": notes(args, R)}
+    write_outputs(R, args.out)
+    return 0
+
+
+def measure(args: argparse.Namespace, want: set[str], kinds: dict[str, int], work: Path, R: dict[str, Any]) -> None:
+    """Every phase of the run, results filed under ``R``."""
+    runner = Runner(work, args)
     per_phase = args.budget_s * len(kinds) * 3 + 240
     log.info("datasets %s in %s", kinds, work)
     try:
@@ -365,27 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          tsfs_row_groups=len(ds.row_groups))
             except Exception as e:  # noqa: BLE001
                 log.warning("tsfs dataset of %s unreadable: %s", kind, e)
-        pet_py = None
-        pet_error = None
-        if "petastorm" in want and not args.skip_petastorm:
-            from suite import sys_petastorm
-
-            try:
-                pet_py = sys_petastorm.python(args.petastorm_venv.resolve())
-            except Exception as e:  # noqa: BLE001 - reported as skipped
-                pet_error = f"Petastorm virtualenv unavailable: {str(e).strip().splitlines()[0][:200]}"
-            if pet_py is not None:
-                spark_tmp = work / "spark-tmp"
-                spark_tmp.mkdir(exist_ok=True)
-                t0 = time.perf_counter()
-                res = sys_petastorm.run(pet_py, "suite-write", {**runner.task("pwrite", kinds), "spark_tmp": str(spark_tmp),
-                                        "ttfb_shards": args.ttfb_shards, "out": str(runner.logs / "petastorm-write.json")},
-                                        runner.logs / "petastorm-write.task.json", runner.logs / "petastorm.log",
-                                        timeout=900 + 60 * len(kinds))
-                log.info("%-28s %6.1f s", "write petastorm (Spark)", time.perf_counter() - t0)
-                merge(R, res, [(k, "petastorm", "write") for k in kinds])
-        elif "petastorm" in want:
-            pet_error = "--skip-petastorm"
+        pet_py, pet_error = petastorm_write(args, want, kinds, runner, R)
         # ---- reads -------------------------------------------------------------------------------
         ref_first: dict[str, Any] = {}
         for mod, reader in READERS:
@@ -400,14 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                 ref_first = {k: dict(R["results"].get(k, {})) for k in kinds}
                 ref_first = {k: {m: v.get("pyarrow") for m, v in ref_first[k].items()} for k in kinds}
         if pet_py is not None:
-            from suite import sys_petastorm
-
             for reader in PETASTORM_READERS:
-                t0 = time.perf_counter()
-                res = sys_petastorm.run(pet_py, "suite-read", {**runner.task("read", kinds, reader=reader,
-                                        measures=list(MEASURES)), "out": str(runner.logs / f"{reader}.json")},
-                                        runner.logs / f"{reader}.task.json", runner.logs / "petastorm.log", timeout=per_phase)
-                log.info("%-28s %6.1f s", f"read {reader}", time.perf_counter() - t0)
+                res = runner.petastorm(pet_py, "suite-read", f"read {reader}", runner.task(
+                    "read", kinds, reader=reader, measures=list(MEASURES)), timeout=per_phase)
                 merge(R, res, [(k, reader, m) for k in kinds for m in MEASURES])
         elif pet_error:
             for kind in kinds:
@@ -440,30 +354,31 @@ def main(argv: list[str] | None = None) -> int:
                 p = None
             if p:
                 R["profiles"][f"{t['dataset']} / {t['tsfs']} / {t['measure']} (ratio {t['ratio']:.2f})"] = p
-    except KeyboardInterrupt:
-        runner.kill()
-        raise
     finally:
         runner.kill()
-        if args.keep:
-            log.info("kept %s", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    R.setdefault("targets", report.evaluate_targets(R))
-    R["behind"] = report.behind(R)
-    elapsed = time.perf_counter() - t_start
-    cmd = "python benchmarks/bench_suite.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
-        sys.argv[1:] if argv is None else argv))
-    R["meta"] = {"command": cmd, "elapsed_s": elapsed, "env": versions() + f"; 1-min load {load0:.1f} at start, "
-                 f"{os.getloadavg()[0]:.1f} at end", "repeat": args.repeat, "args": {k: str(v) for k, v in vars(args).items()},
-                 "notes": notes(args, R)}
-    md = write_outputs(R, args.out_dir)
-    print(md)
-    log.info("wrote %s (%.0f s)", args.out_dir / "suite.md", elapsed)
-    return 0
+
+
+def petastorm_write(args: argparse.Namespace, want: set[str], kinds: dict[str, int], runner: Runner,
+                    R: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """Petastorm's writes (Spark) where it runs: its interpreter, or why it does not run."""
+    if "petastorm" not in want:
+        return None, None
+    if args.skip_petastorm:
+        return None, "--skip-petastorm"
+    try:
+        py = petastorm_venv.python(args.petastorm_venv.resolve())
+    except Exception as e:  # noqa: BLE001 - reported as skipped
+        return None, f"Petastorm virtualenv unavailable: {str(e).strip().splitlines()[0][:200]}"
+    spark_tmp = runner.work / "spark-tmp"
+    spark_tmp.mkdir(exist_ok=True)
+    task = {**runner.task("pwrite", kinds), "spark_tmp": str(spark_tmp), "ttfb_shards": args.ttfb_shards}
+    res = runner.petastorm(py, "suite-write", "write petastorm (Spark)", task, timeout=900 + 60 * len(kinds))
+    merge(R, res, [(k, "petastorm", "write") for k in kinds])
+    return py, None
 
 
 def notes(args: argparse.Namespace, R: dict[str, Any]) -> list[str]:
+    """The Notes section: how everything was measured."""
     ex = R.get("extras", {})
     rg = ", ".join(f"{k}: {v.get('tsfs_shards', '?')} shard(s), {v.get('tsfs_row_groups', '?')} row groups of "
                    f"{v.get('tsfs_rg_rows', '?'):,} rows" for k, v in ex.items() if "tsfs_rg_rows" in v)
@@ -513,5 +428,3 @@ def notes(args: argparse.Namespace, R: dict[str, Any]) -> list[str]:
     ]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
