@@ -163,7 +163,7 @@ def _decoded_one_by_one(scanner):
         if scanner.drop_last and t.num_rows < scanner.batch_size:
             break
         batch = {}
-        for f in scanner._fields:
+        for f in (scanner.schema.field(c) for c in scanner.columns):
             batch.update(decode_column(t, f, pad=scanner.variable == "pad", flat=scanner.variable == "flat"))
         out.append(batch)
     return out

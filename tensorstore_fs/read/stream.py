@@ -222,9 +222,10 @@ class PlannedStream:
                         out = {k: out[k] for k in self._gather.output_order(out) + [k for k in out if k.startswith("__")]}
                     yield out, [len(i) for i, _ in group]
         finally:
-            if not keep_open:
+            if not keep_open:  # nothing of this process's files stays mapped (DataLoader workers)
                 cache.clear()
                 self.close()
+                FILES.clear()
 
     def _process_files(self) -> _HeldFiles:
         """Shard files held in this process, kept across epochs (a forked child opens its own)."""
