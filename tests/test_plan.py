@@ -460,7 +460,7 @@ def test_resume_same_world_continues_the_stream(counts, spec, epoch, world, data
 
 
 @pytest.mark.xfail(strict=True, reason="by design EpochPlan with history re-plans (and re-shuffles) the rest of "
-                   "the epoch; an exact same-world continuation is PlannedStream.resume_plan (the original plan "
+                   "the epoch; an exact same-world continuation is read.resume.resume_plan (the original plan "
                    "plus per-worker skips), tested in test_torch_loader.py")
 def test_resume_same_world_shuffled_order_is_not_kept():
     counts, spec = [5, 0, 7, 3, 9, 1], PlanSpec(2, shuffle=True, seed=3, remainder="uneven", window_rows=4)
