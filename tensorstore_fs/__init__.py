@@ -23,7 +23,9 @@ from .errors import (
     DatasetNotFoundError,
     InvalidArgumentError,
     SchemaError,
+    StorageError,
     TensorstoreError,
+    UnsafeCommitError,
     UnsupportedFormatError,
 )
 from .predicates import (
@@ -64,4 +66,6 @@ __all__ = [
     "CorruptDatasetError",
     "UnsupportedFormatError",
     "CommitConflictError",
+    "StorageError",
+    "UnsafeCommitError",
 ]

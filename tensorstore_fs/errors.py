@@ -16,6 +16,8 @@ __all__ = [
     "CorruptDatasetError",
     "UnsupportedFormatError",
     "CommitConflictError",
+    "StorageError",
+    "UnsafeCommitError",
 ]
 
 
@@ -49,3 +51,13 @@ class UnsupportedFormatError(CorruptDatasetError):
 
 class CommitConflictError(TensorstoreError, FileExistsError):
     """Another writer committed the same version first and the commit could not be rebased."""
+
+
+class StorageError(TensorstoreError, OSError):
+    """The storage under a dataset failed: a network error, a timeout, a refused request. The
+    message names the URL and the operation."""
+
+
+class UnsafeCommitError(StorageError):
+    """A commit was refused because the filesystem cannot create a file only if it does not exist
+    yet, so two writers committing at once could overwrite each other's version."""

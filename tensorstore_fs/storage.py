@@ -8,19 +8,22 @@ stream a shard out while checksumming it, and open a shard for Parquet reads.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import mmap
 import os
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._crc import crc32c_extend
-from .errors import CommitConflictError, DatasetNotFoundError, InvalidArgumentError
+from . import remote
+from .errors import (CommitConflictError, DatasetNotFoundError, InvalidArgumentError, StorageError, TensorstoreError,
+                     UnsafeCommitError)
 
 __all__ = ["Storage", "ChecksumWriter", "LocalShardSink"]
 
@@ -154,10 +157,18 @@ class Storage:
     url : str or os.PathLike
         A local path, ``file://``, ``memory://``, ``s3://``, ``gs://`` or any fsspec URL.
     storage_options : mapping, optional
-        Passed to the fsspec filesystem constructor (credentials, endpoint, ...).
+        Passed to the fsspec filesystem constructor (credentials, endpoint, ...). Object stores get
+        finite timeouts and retries by default (:mod:`tensorstore_fs.remote`); values given here win.
+    unsafe_commits : bool, optional
+        Allow commits on a filesystem with no conditional create (safe only while one writer
+        commits at a time); default ``TSFS_UNSAFE_COMMITS`` from the environment, else False.
+
+    Every failure of the filesystem (network, timeout, refused request) is raised as a
+    :class:`~tensorstore_fs.StorageError` naming the URL and the operation.
     """
 
-    def __init__(self, url: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, url: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *,
+                 unsafe_commits: bool | None = None) -> None:
         if not isinstance(url, (str, os.PathLike)):
             raise InvalidArgumentError(f"url must be a str or path, got {type(url).__name__}")
         url = os.fspath(url)
@@ -165,30 +176,35 @@ class Storage:
             raise InvalidArgumentError("url must not be empty")
         self.url = url.rstrip("/") if len(url) > 1 else url
         self.storage_options = dict(storage_options or {})
+        self.unsafe_commits = unsafe_commits
         self._fs: Any = None
         self._root: str | None = None
+        self._pid = os.getpid()
 
     # pickling: never ship a live filesystem object to another process
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options}
+        return {"url": self.url, "storage_options": self.storage_options, "unsafe_commits": self.unsafe_commits}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]
+        self.__init__(state["url"], state["storage_options"],  # type: ignore[misc]
+                      unsafe_commits=state.get("unsafe_commits"))
 
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
 
     def _connect(self) -> None:
         try:
-            fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            fs, root = fsspec.core.url_to_fs(self.url, **remote.with_defaults(self.url, self.storage_options))
         except (ImportError, ValueError) as e:
             raise InvalidArgumentError(f"cannot open filesystem for {self.url!r}: {e}") from e
-        self._fs, self._root = fs, root.rstrip("/") if root != "/" else root
+        self._fs, self._root, self._pid = remote.configure(fs, self.storage_options), root.rstrip("/") if root != "/" else root, os.getpid()
 
     @property
     def fs(self) -> Any:
-        """The fsspec filesystem (created on first use, in the current process)."""
-        if self._fs is None:
+        """The fsspec filesystem, created on first use in the current process: a forked child (a
+        DataLoader worker) makes its own, since async filesystems such as s3fs are not fork-safe
+        (fsspec clears its instance cache in the child)."""
+        if self._fs is None or self._pid != os.getpid():
             self._connect()
         return self._fs
 
@@ -197,6 +213,21 @@ class Storage:
         if self._root is None:
             self._connect()
         return self._root  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _op(self, what: str, rel: str = "") -> Iterator[None]:
+        """Raise a failure of the filesystem during ``what`` as a :class:`StorageError`."""
+        try:
+            yield
+        except TensorstoreError:
+            raise
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified below; anything else propagates as it is
+            if not remote.is_storage_failure(e):
+                raise
+            where = f"{self.url}/{rel}" if rel else self.url
+            raise StorageError(f"{where}: {what} failed: {type(e).__name__}: {e}") from e
 
     @property
     def is_local(self) -> bool:
@@ -208,111 +239,185 @@ class Storage:
 
     # -- small files ------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
-        return bool(self.fs.exists(self.path(rel)))
+        with self._op("checking existence", rel):
+            return bool(self.fs.exists(self.path(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
         try:
-            return self.fs.cat_file(self.path(rel))
+            with self._op("reading", rel):
+                return self.fs.cat_file(self.path(rel))
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{self.url}: {rel} does not exist") from None
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write (or replace) a small file."""
         p = self.path(rel)
-        self.fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-        if self.is_local:
-            tmp = f"{p}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, p)
-        else:
-            self.fs.pipe_file(p, data)
+        with self._op("writing", rel):
+            self.fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+            if self.is_local:
+                tmp = f"{p}.tmp-{uuid.uuid4().hex}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, p)
+            else:
+                self.fs.pipe_file(p, data)
 
     def create_exclusive(self, rel: str, data: bytes) -> None:
-        """Create ``rel`` holding ``data`` only if it does not exist yet, atomically.
-
-        Local: the bytes go to a temporary file which is hard-linked to the final name (``link``
-        fails if the name exists, and readers never see a partial file). Object stores: a
-        conditional put where the filesystem supports it (``mode="create"``), else an existence
-        check followed by a single-object put (which object stores make atomic).
+        """Create ``rel`` holding ``data`` only if it does not exist yet, atomically (the commit
+        point; how, per filesystem: :mod:`tensorstore_fs.remote`).
 
         Raises
         ------
         CommitConflictError
-            If ``rel`` already exists.
+            If ``rel`` already exists (another writer created it first).
+        UnsafeCommitError
+            The filesystem has no conditional create and unsafe commits were not allowed.
         """
         p = self.path(rel)
-        fs = self.fs
-        fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+        conflict = f"{self.url}: {rel} already exists (another writer committed it)"
+        with self._op("creating", rel):
+            fs = self.fs
+            if self.is_local:
+                fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+                self._link_exclusive(p, data, conflict)
+                return
+            how = self.check_commit_safe(rel)
+            fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+            if how == "xb":
+                try:
+                    with fs.open(p, "xb") as fh:  # If-None-Match: * (the store answers 412 if it exists)
+                        fh.write(data)
+                except FileExistsError:
+                    raise CommitConflictError(conflict) from None
+                except OSError as e:
+                    if remote.precondition_failed(e):
+                        raise CommitConflictError(conflict) from None
+                    raise
+                return
+            if fs.exists(p):  # "process" (memory://), or allowed to be unsafe
+                raise CommitConflictError(conflict)
+            fs.pipe_file(p, data)
+
+    def check_commit_safe(self, rel: str = "its manifest") -> str:
+        """How this filesystem creates ``rel`` exclusively (:func:`tensorstore_fs.remote.conditional_create`;
+        ``"link"`` locally). Writers call it before writing anything.
+
+        Raises
+        ------
+        UnsafeCommitError
+            No conditional create is known for the filesystem and unsafe commits were not allowed.
+        """
         if self.is_local:
-            tmp = f"{p}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, p)
-            except FileExistsError:
-                raise CommitConflictError(f"{self.url}: {rel} already exists (another writer committed it)") from None
-            finally:
-                os.unlink(tmp)
-            return
+            return "link"
+        fs = self.fs
+        how = remote.conditional_create(fs)
+        if not how and not remote.unsafe_commits_allowed(self.unsafe_commits):
+            protocol = fs.protocol if isinstance(fs.protocol, str) else "/".join(fs.protocol)
+            raise UnsafeCommitError(
+                f"{self.url}: refusing to commit: {type(fs).__name__} ({protocol}://) cannot create {rel} only if "
+                "it does not exist, so two writers committing at once could overwrite each other's version. "
+                "If only one writer commits at a time, pass unsafe_commits=True (or set TSFS_UNSAFE_COMMITS=1)")
+        return how
+
+    def _link_exclusive(self, p: str, data: bytes, conflict: str) -> None:
+        """Local: the bytes go to a temporary file which is hard-linked to the final name (``link``
+        fails if the name exists, and readers never see a partial file)."""
+        tmp = f"{p}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         try:
-            with fs.open(p, "create") as fh:  # s3fs: conditional write (If-None-Match)
-                fh.write(data)
-            return
+            os.link(tmp, p)
         except FileExistsError:
-            raise CommitConflictError(f"{self.url}: {rel} already exists (another writer committed it)") from None
-        except (ValueError, NotImplementedError, TypeError, KeyError):
-            pass  # the filesystem has no conditional create
-        except OSError as e:
-            if "PreconditionFailed" in str(e) or "412" in str(e):
-                raise CommitConflictError(f"{self.url}: {rel} already exists (another writer committed it)") from None
-            raise
-        if fs.exists(p):
-            raise CommitConflictError(f"{self.url}: {rel} already exists (another writer committed it)")
-        fs.pipe_file(p, data)
+            raise CommitConflictError(conflict) from None
+        finally:
+            os.unlink(tmp)
 
     def delete(self, rel: str) -> None:
         try:
-            self.fs.rm_file(self.path(rel))
+            with self._op("deleting", rel):
+                self.fs.rm_file(self.path(rel))
         except FileNotFoundError:
             pass
 
     def is_nonempty_dir(self) -> bool:
         """True if the root exists and holds anything (a file at the root counts too)."""
-        fs = self.fs
-        if not fs.exists(self.root):
-            return False
-        if not fs.isdir(self.root):
-            return True
-        return bool(fs.ls(self.root, detail=False))
+        with self._op("listing"):
+            fs = self.fs
+            if not fs.exists(self.root):
+                return False
+            if not fs.isdir(self.root):
+                return True
+            return bool(fs.ls(self.root, detail=False))
 
     # -- shard files -----------------------------------------------------------------------------
     def open_output(self, rel: str) -> "LocalShardSink | ChecksumWriter":
         """Open a new shard file; the sink's ``stream`` goes to Parquet, ``finish()`` gives size and CRC."""
         p = self.path(rel)
-        self.fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-        if self.is_local:
-            return LocalShardSink(p)
-        return ChecksumWriter(self.fs.open(p, "wb"))
+        with self._op("creating", rel):
+            self.fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+            if self.is_local:
+                return LocalShardSink(p)
+            return ChecksumWriter(_GuardedFile(self.fs.open(p, "wb"), self, rel))
 
     def open_input(self, rel: str) -> Any:
-        """Open a shard for Parquet reading: a memory map locally, an fsspec file elsewhere (readers
-        open shards through :func:`tensorstore_fs.read.scan.open_shard`, which keeps them open)."""
+        """Open a shard for Parquet reading: a memory map locally, an fsspec file elsewhere whose
+        failures are :class:`StorageError` (readers open shards through
+        :func:`tensorstore_fs.read.scan.open_shard`, which keeps local ones open)."""
         p = self.path(rel)
         try:
             if self.is_local:
                 import pyarrow as pa
 
                 return pa.memory_map(p, "r")
-            return self.fs.open(p, "rb", cache_type="none")
+            with self._op("opening", rel):
+                return _GuardedFile(self.fs.open(p, "rb", cache_type="none"), self, rel)
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
 
     def open_stream(self, rel: str) -> Any:
         """Open a file for sequential reading (used to verify checksums)."""
         try:
-            return self.fs.open(self.path(rel), "rb")
+            with self._op("opening", rel):
+                fh = self.fs.open(self.path(rel), "rb")
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
+        return fh if self.is_local else _GuardedFile(fh, self, rel)
+
+
+class _GuardedFile:
+    """A remote file whose failures (network, timeout) are :class:`StorageError` naming it, also
+    when pyarrow reads or writes it (pyarrow hands a Python file's exceptions on as they are)."""
+
+    def __init__(self, raw: Any, storage: Storage, rel: str) -> None:
+        self._raw, self._storage, self._rel = raw, storage, rel
+
+    def read(self, n: int = -1) -> bytes:
+        with self._storage._op("reading", self._rel):
+            return self._raw.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        with self._storage._op("seeking", self._rel):
+            return self._raw.seek(offset, whence)
+
+    def write(self, data: Any) -> int:
+        with self._storage._op("writing", self._rel):
+            return self._raw.write(data)
+
+    def flush(self) -> None:
+        with self._storage._op("writing", self._rel):
+            self._raw.flush()
+
+    def close(self) -> None:
+        with self._storage._op("finishing", self._rel):  # an upload completes here
+            self._raw.close()
+
+    def __getattr__(self, name: str) -> Any:  # tell, size, closed, readable, seekable, ...
+        return getattr(self._raw, name)
+
+    def __enter__(self) -> "_GuardedFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -132,6 +132,11 @@ class DatasetWriter:
         ``"append"`` commits a new version adding shards, and requires the same schema.
     storage_options : mapping, optional
         fsspec filesystem options.
+    unsafe_commits : bool, optional
+        Commit on a filesystem that cannot create a file only if it is absent (no conditional
+        create is known for it: not local, S3 or memory), which is safe only while one writer
+        commits at a time. Default: ``TSFS_UNSAFE_COMMITS`` from the environment, else refused
+        with :class:`~tensorstore_fs.UnsafeCommitError` before anything is written.
     row_group_bytes : int
         Target bytes per Parquet row group (the unit of pruning and of reading).
     shard_bytes : int
@@ -158,6 +163,7 @@ class DatasetWriter:
         *,
         mode: str = "error",
         storage_options: Mapping[str, Any] | None = None,
+        unsafe_commits: bool | None = None,
         row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         compression: str | None = None,
@@ -169,7 +175,7 @@ class DatasetWriter:
             raise InvalidArgumentError(f"schema must be a tensorstore_fs.Schema, got {type(schema).__name__}")
         check_int("row_group_bytes", row_group_bytes)
         check_int("shard_bytes", shard_bytes)
-        self.storage = Storage(url, storage_options)
+        self.storage = Storage(url, storage_options, unsafe_commits=unsafe_commits)
         self.mode = mode
         self.row_group_bytes = int(row_group_bytes)
         self.shard_bytes = int(shard_bytes)
@@ -194,6 +200,7 @@ class DatasetWriter:
         self._cur_groups: list[RowGroupInfo] = []
         self.rows_written = 0
         self.manifest: Manifest | None = None
+        self.storage.check_commit_safe()  # before anything is written
         self._check_target(schema)
         self.schema: Schema | None = None
         if schema is not None:

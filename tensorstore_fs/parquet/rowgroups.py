@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CorruptDatasetError, DatasetNotFoundError
+from ..errors import CorruptDatasetError, DatasetNotFoundError, TensorstoreError
 from .pages import plain_values_offset
 
 __all__ = ["FILES", "FileCache", "OpenFile", "column_bytes", "private_view", "row_bytes", "use_threads"]
@@ -164,6 +164,8 @@ class OpenFile:
             source = self.source
             try:
                 self._pf = pq.ParquetFile(source, pre_buffer=not isinstance(source, pa.MemoryMappedFile))
+            except TensorstoreError:  # a storage failure is not damage
+                raise
             except (pa.ArrowInvalid, OSError) as e:
                 self.close()
                 if isinstance(e, FileNotFoundError):
@@ -233,6 +235,8 @@ class OpenFile:
         cols = list(columns)
         try:
             return pf.read_row_group(rg, columns=cols, use_threads=use_threads(pf, rg, cols))
+        except TensorstoreError:  # a storage failure is not damage
+            raise
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptDatasetError(f"{self.name}: row group {rg} unreadable: {e}") from None
 

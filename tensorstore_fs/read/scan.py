@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from .._checks import check_int
 from ..encoding import arrow_schema, decode_column, pad_rows, storage_columns
-from ..errors import CorruptDatasetError, InvalidArgumentError
+from ..errors import CorruptDatasetError, InvalidArgumentError, TensorstoreError
 from ..manifest import Manifest
 from ..parquet.batches import read_batches
 from ..parquet.pages import locatable
@@ -233,6 +233,8 @@ class Scanner:
                                    direct=self._direct(f), cut=cut):
                 self.stats.rows_matched += rb.num_rows
                 yield pa.Table.from_batches([rb])
+        except TensorstoreError:  # a storage failure is not damage
+            raise
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptDatasetError(f"{f.name}: unreadable: {e}") from None
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .._checks import check_int
 from ..encoding import decode_column, pad_rows, storage_columns
-from ..errors import CorruptDatasetError, InvalidArgumentError
+from ..errors import CorruptDatasetError, InvalidArgumentError, TensorstoreError
 from ..parquet.batches import read_batches
 from ..parquet.filemap import FileRows
 from ..parquet.pages import locatable
@@ -436,6 +436,8 @@ class PlannedStream:
         file pyarrow cannot decode is a :class:`CorruptDatasetError` naming it."""
         try:
             return next(it, None)
+        except TensorstoreError:  # a storage failure is not damage
+            raise
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptDatasetError(f"{self._shard_url(shard)}: unreadable: {e}") from None
 
