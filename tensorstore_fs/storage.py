@@ -21,6 +21,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._crc import crc32c_extend
+from .cache import ShardCache, cache_from_env
 from . import remote
 from .errors import (CommitConflictError, DatasetNotFoundError, InvalidArgumentError, StorageError, TensorstoreError,
                      UnsafeCommitError)
@@ -162,13 +163,16 @@ class Storage:
     unsafe_commits : bool, optional
         Allow commits on a filesystem with no conditional create (safe only while one writer
         commits at a time); default ``TSFS_UNSAFE_COMMITS`` from the environment, else False.
+    cache_dir : path, optional
+        Keep remote shard files in this node-local cache (:mod:`tensorstore_fs.cache`); default
+        ``$TSFS_CACHE_DIR/shards`` when that variable is set, else no cache.
 
     Every failure of the filesystem (network, timeout, refused request) is raised as a
     :class:`~tensorstore_fs.StorageError` naming the URL and the operation.
     """
 
     def __init__(self, url: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *,
-                 unsafe_commits: bool | None = None) -> None:
+                 unsafe_commits: bool | None = None, cache_dir: str | os.PathLike | None = None) -> None:
         if not isinstance(url, (str, os.PathLike)):
             raise InvalidArgumentError(f"url must be a str or path, got {type(url).__name__}")
         url = os.fspath(url)
@@ -177,17 +181,20 @@ class Storage:
         self.url = url.rstrip("/") if len(url) > 1 else url
         self.storage_options = dict(storage_options or {})
         self.unsafe_commits = unsafe_commits
+        self.cache_dir = cache_dir
+        self._cache: ShardCache | None | bool = False  # resolved on first use
         self._fs: Any = None
         self._root: str | None = None
         self._pid = os.getpid()
 
     # pickling: never ship a live filesystem object to another process
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options, "unsafe_commits": self.unsafe_commits}
+        return {"url": self.url, "storage_options": self.storage_options, "unsafe_commits": self.unsafe_commits,
+                "cache_dir": self.cache_dir}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"],  # type: ignore[misc]
-                      unsafe_commits=state.get("unsafe_commits"))
+                      unsafe_commits=state.get("unsafe_commits"), cache_dir=state.get("cache_dir"))
 
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
@@ -228,6 +235,13 @@ class Storage:
                 raise
             where = f"{self.url}/{rel}" if rel else self.url
             raise StorageError(f"{where}: {what} failed: {type(e).__name__}: {e}") from e
+
+    @property
+    def cache(self) -> "ShardCache | None":
+        """The node-local shard cache of a remote dataset (None for local ones, or when off)."""
+        if self._cache is False:
+            self._cache = None if self.is_local else cache_from_env(self.cache_dir)
+        return self._cache  # type: ignore[return-value]
 
     @property
     def is_local(self) -> bool:

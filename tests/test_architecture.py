@@ -18,12 +18,12 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "_checks", "_crc", "_pool", "_progress", "schema", "ragged", "predicates", "world", "plan",
               "columns"}),
     ("parquet", {"parquet"}),
-    ("format", {"encoding", "manifest", "storage", "remote"}),
+    ("format", {"encoding", "manifest", "storage", "remote", "cache"}),
     ("read", {"read"}),
     ("write", {"writer"}),
     ("top", {"readers", "converters", "cli", "audit", "quality", "__init__"}),
 ]
-FORMAT = {"parquet", "encoding", "manifest", "storage", "remote"}
+FORMAT = {"parquet", "encoding", "manifest", "storage", "remote", "cache"}
 ADAPTERS = {"readers"}
 
 

@@ -224,7 +224,8 @@ class Dataset:
                 )
 
 
-def open_dataset(url: str, version: int | None = None, storage_options: Mapping[str, Any] | None = None) -> Dataset:
+def open_dataset(url: str, version: int | None = None, storage_options: Mapping[str, Any] | None = None, *,
+                 cache_dir: str | None = None) -> Dataset:
     """Open a committed dataset version by reading its manifest only.
 
     Parameters
@@ -235,6 +236,11 @@ def open_dataset(url: str, version: int | None = None, storage_options: Mapping[
         Pin a version; the newest by default.
     storage_options : mapping, optional
         fsspec filesystem options (credentials, endpoint, ...).
+    cache_dir : str, optional
+        For a remote dataset, keep its shard files in this node-local cache, shared by every
+        process of the machine (:mod:`tensorstore_fs.cache`); default ``$TSFS_CACHE_DIR/shards``
+        when that variable is set, else none. Readers given this dataset (``TorchDataset(ds)``,
+        DataLoader workers) use the same cache.
 
     Raises
     ------
@@ -246,7 +252,8 @@ def open_dataset(url: str, version: int | None = None, storage_options: Mapping[
         The manifest was written by a newer format version.
     """
     if isinstance(url, Dataset):
-        return url if version in (None, url.version) else open_dataset(url.url, version, url.storage.storage_options)
-    storage = Storage(url, storage_options)
+        return url if version in (None, url.version) else open_dataset(url.url, version, url.storage.storage_options,
+                                                                       cache_dir=url.storage.cache_dir)
+    storage = Storage(url, storage_options, cache_dir=cache_dir)
     return Dataset(storage, load_manifest(storage, version))
 

@@ -56,8 +56,13 @@ def open_shard(storage: Storage, manifest: Manifest, shard: int, expected: pa.Sc
     checked against its manifest entry and the storage schema ``expected``."""
     info = manifest.shards[shard]
     rel = info.path
-    path = os.path.abspath(storage.path(rel)) if storage.is_local else None
-    f = FILES.checkout(path, lambda: OpenFile(f"{storage.url}/{rel}", lambda: storage.open_input(rel), path))
+    cache = storage.cache
+    if cache is not None:  # a remote shard, read from the node-local copy (checked when it was filled)
+        path = os.path.abspath(cache.fetch(storage, rel, info.bytes, info.crc32c))
+        f = FILES.checkout(path, lambda: OpenFile(f"{storage.url}/{rel}", lambda: pa.memory_map(path, "r"), path))
+    else:
+        path = os.path.abspath(storage.path(rel)) if storage.is_local else None
+        f = FILES.checkout(path, lambda: OpenFile(f"{storage.url}/{rel}", lambda: storage.open_input(rel), path))
     try:
         f.check([g.rows for g in info.row_groups], info.rows, expected)
     except BaseException:
