@@ -25,7 +25,9 @@ __all__ = ["CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "ATTEMPTS", "conditional_creat
 CONNECT_TIMEOUT_S = 10  # an object store that does not accept a connection within this fails the call
 READ_TIMEOUT_S = 20  # ... or does not answer a request within this (a stalled server never hangs a reader)
 ATTEMPTS = 3  # tries of a request that failed transiently, with exponential backoff (botocore "standard")
-S3FS_RETRIES = 2  # s3fs retries some errors itself around botocore's tries (its default, 5, multiplies them)
+# s3fs retries some errors itself around botocore's tries, and a ranged read nests two such loops
+# (its default, 5, made a stalled server take minutes to fail a read): botocore's tries do the retrying
+S3FS_RETRIES = 1
 
 S3_PROTOCOLS = ("s3", "s3a")
 _FAILURE_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google", "gcsfs", "s3fs",
@@ -54,8 +56,9 @@ def with_defaults(url: str, options: Mapping[str, Any]) -> dict[str, Any]:
 def configure(fs: Any, options: Mapping[str, Any]) -> Any:
     """Bound what the filesystem ``fs`` retries by itself (s3fs wraps botocore's tries in its own,
     5 by default: with the default timeouts a stalled server took minutes to fail a read). A
-    ``"s3fs_retries"`` key in ``options`` sets it instead; the longest a request can then take is
-    about ``s3fs_retries x max_attempts x (connect + read timeout)``."""
+    ``"s3fs_retries"`` key in ``options`` sets it instead; the longest a ranged read can then take
+    is about ``s3fs_retries**2 x max_attempts x (connect + read timeout)`` (s3fs nests two retry
+    loops around a ranged read), 3 x 30 s with the defaults."""
     if any(p in S3_PROTOCOLS for p in _protocols(fs)) and hasattr(fs, "retries"):
         fs.retries = int(options.get("s3fs_retries", S3FS_RETRIES))
     return fs

@@ -390,6 +390,22 @@ class Storage:
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
 
+    def read_range(self, rel: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of file ``rel``: one ranged request on an object store."""
+        for attempt in range(2):
+            try:
+                with self._op(f"reading bytes {start}-{end}", rel):
+                    return self.fs.cat_file(self.path(rel), start=start, end=end)
+            except FileNotFoundError:
+                raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
+            except StorageError as e:
+                # the client retried the request; a body cut short is tried once more (a timeout
+                # is not: the client's tries already waited for it)
+                if attempt or "timeout" in type(e.__cause__).__name__.lower():
+                    raise
+                logger.debug("%s: retrying: %s", rel, e)
+        raise AssertionError("unreachable")
+
     def open_stream(self, rel: str) -> Any:
         """Open a file for sequential reading (used to verify checksums)."""
         try:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CorruptDatasetError, DatasetNotFoundError, TensorstoreError
+from .ranges import RangedFile
 from .pages import plain_values_offset
 
 __all__ = ["FILES", "FileCache", "OpenFile", "column_bytes", "private_view", "row_bytes", "use_threads"]
@@ -159,11 +160,17 @@ class OpenFile:
     def parquet(self) -> pq.ParquetFile:
         """The parsed footer. A memory map is read without pyarrow's pre-buffering, which only pays
         where reads have latency to hide: for a mapped file it hands every column chunk to the I/O
-        thread pool, which made small reads an order of magnitude slower."""
+        thread pool, which made small reads an order of magnitude slower. So is a
+        :class:`~tensorstore_fs.parquet.ranges.RangedFile`, which hides latency itself."""
         if self._pf is None:
             source = self.source
             try:
-                self._pf = pq.ParquetFile(source, pre_buffer=not isinstance(source, pa.MemoryMappedFile))
+                # a RangedFile fetches its ranges itself (ahead, or exactly what is read): pyarrow's
+                # pre-buffering would coalesce chunks of several row groups into one read that
+                # spans the ranges fetched ahead. One that parsed its footer already hands it on.
+                ranged = isinstance(source, RangedFile)
+                self._pf = pq.ParquetFile(source, pre_buffer=not (ranged or isinstance(source, pa.MemoryMappedFile)),
+                                          metadata=source.metadata if ranged else None)
             except TensorstoreError:  # a storage failure is not damage
                 raise
             except (pa.ArrowInvalid, OSError) as e:

@@ -104,11 +104,13 @@ class Dataset:
         drop_last: bool = False,
         pad_variable: bool | None = None,
         flat_variable: bool | None = None,
+        readahead_bytes: int | None = None,
     ) -> Scanner:
         """A :class:`~tensorstore_fs.read.scan.Scanner`: iterate it for batches, read ``.stats``
         after. Arguments as in :meth:`to_batches`."""
         options = ReadOptions(columns, filter, predicate, batch_size, drop_last=drop_last,
-                              variable=variable_mode(variable, pad_variable, flat_variable))
+                              variable=variable_mode(variable, pad_variable, flat_variable),
+                              readahead_bytes=readahead_bytes)
         return Scanner(self.storage, self.manifest, options, storage_schema=self.storage_schema)
 
     def to_batches(
@@ -122,6 +124,7 @@ class Dataset:
         drop_last: bool = False,
         pad_variable: bool | None = None,
         flat_variable: bool | None = None,
+        readahead_bytes: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Yield batches as dicts of numpy arrays, in storage order.
 
@@ -147,6 +150,10 @@ class Dataset:
             Drop a final batch shorter than ``batch_size``.
         pad_variable, flat_variable : bool, optional
             Deprecated spellings of ``variable="pad"`` / ``variable="flat"``.
+        readahead_bytes : int, optional
+            Bytes read ahead of the consumer (the next row groups' column chunks: fetched from an
+            object store, asked of the page cache on a local disk); 0 turns it off. Default
+            ``$TSFS_READAHEAD_BYTES``, else 256 MiB (:mod:`tensorstore_fs.read.readahead`).
 
         Yields
         ------
@@ -156,7 +163,8 @@ class Dataset:
             ``numpy.ma.MaskedArray``.
         """
         variable = variable_mode(variable, pad_variable, flat_variable)
-        return iter(self.scanner(columns, filter, predicate, batch_size, variable=variable, drop_last=drop_last))
+        return iter(self.scanner(columns, filter, predicate, batch_size, variable=variable, drop_last=drop_last,
+                                 readahead_bytes=readahead_bytes))
 
     def to_table(
         self,

@@ -86,6 +86,9 @@ class ReadOptions:
         Add ``__row_id__`` (planned reads).
     num_epochs : int or None
         Epochs one pass covers (planned reads; None: forever).
+    readahead_bytes : int or None
+        Bytes a reader fetches ahead of its consumer (:mod:`tensorstore_fs.read.readahead`); 0
+        turns read-ahead off; None: ``$TSFS_READAHEAD_BYTES``, else 256 MiB.
     """
 
     columns: tuple[str, ...] | None = None
@@ -100,6 +103,7 @@ class ReadOptions:
     variable: str = "list"
     with_row_ids: bool = False
     num_epochs: int | None = 1
+    readahead_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.columns is not None:
@@ -115,6 +119,8 @@ class ReadOptions:
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
         object.__setattr__(self, "window_bytes", check_int("window_bytes", self.window_bytes))
         object.__setattr__(self, "num_epochs", check_int("num_epochs", self.num_epochs, allow_none=True))
+        object.__setattr__(self, "readahead_bytes", check_int("readahead_bytes", self.readahead_bytes, 0,
+                                                              allow_none=True))
         if self.remainder not in REMAINDERS:
             raise InvalidArgumentError(f"remainder must be one of {REMAINDERS}, got {self.remainder!r}")
         if self.variable not in VARIABLE_MODES:

@@ -8,6 +8,7 @@ filter/predicate exactly, and reads the other columns only for row groups where 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -28,6 +29,7 @@ from ..predicates import Predicate
 from ..storage import Storage
 from .options import ReadOptions
 from .prune import RowGroupRef, all_row_groups, check_filter, filter_hint, prune
+from .readahead import ReadAhead, Use, readahead_bytes, remote_file
 
 __all__ = ["ScanStats", "Scanner", "open_shard", "predicate_mask"]
 
@@ -50,19 +52,27 @@ class ScanStats:
     opened_paths: list[str] = field(default_factory=list)
 
 
-def open_shard(storage: Storage, manifest: Manifest, shard: int, expected: pa.Schema) -> OpenFile:
+def open_shard(storage: Storage, manifest: Manifest, shard: int, expected: pa.Schema,
+               readahead: ReadAhead | None = None) -> OpenFile:
     """Shard ``shard`` of a version checked out of the process's open files
     (:data:`~tensorstore_fs.parquet.rowgroups.FILES`: hand it back with ``FILES.checkin``) and
-    checked against its manifest entry and the storage schema ``expected``."""
+    checked against its manifest entry and the storage schema ``expected``. A shard of an object
+    store is read by ranged requests (:class:`~tensorstore_fs.parquet.ranges.RangedFile`), served
+    from what ``readahead`` fetched ahead where it did."""
     info = manifest.shards[shard]
     rel = info.path
     cache = storage.cache
+    name = f"{storage.url}/{rel}"
     if cache is not None:  # a remote shard, read from the node-local copy (checked when it was filled)
         path = os.path.abspath(cache.fetch(storage, rel, info.bytes, info.crc32c))
-        f = FILES.checkout(path, lambda: OpenFile(f"{storage.url}/{rel}", lambda: pa.memory_map(path, "r"), path))
+        f = FILES.checkout(path, lambda: OpenFile(name, lambda: pa.memory_map(path, "r"), path))
+    elif storage.is_local:
+        path = os.path.abspath(storage.path(rel))
+        f = FILES.checkout(path, lambda: OpenFile(name, lambda: storage.open_input(rel), path))
+    elif readahead is not None:
+        f = OpenFile(name, lambda: readahead.file(shard))
     else:
-        path = os.path.abspath(storage.path(rel)) if storage.is_local else None
-        f = FILES.checkout(path, lambda: OpenFile(f"{storage.url}/{rel}", lambda: storage.open_input(rel), path))
+        f = OpenFile(name, lambda: remote_file(storage, manifest, shard))
     try:
         f.check([g.rows for g in info.row_groups], info.rows, expected)
     except BaseException:
@@ -116,6 +126,7 @@ class Scanner:
         self.drop_last = options.drop_last
         self.stats = ScanStats()
         self._carry_need = 0
+        self._readahead: ReadAhead | None = None
         # callers that will consume at most this many rows: small reads decode only the pages needed
         self._row_limit = check_int("rows_hint", rows_hint, allow_none=True)
         self._arrow_schema = storage_schema if storage_schema is not None else arrow_schema(schema)
@@ -139,8 +150,29 @@ class Scanner:
         return out
 
     # -- reading ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _reading_ahead(self, fields: list[str]) -> Iterator[None]:
+        """Read ``fields`` of the unpruned row groups ahead while the block runs (not for a
+        read of a few rows: ``head()`` fetches only what it decodes)."""
+        budget = readahead_bytes(self.options.readahead_bytes)
+        if not budget or self._row_limit is not None or not fields:
+            yield
+            return
+        self._readahead = ReadAhead(self.storage, self.manifest, storage_columns(self.schema, fields), budget)
+        try:
+            self._readahead.start(Use(r.shard, r.row_group, r.rows) for r in self.row_groups)
+            yield
+        finally:
+            self._readahead.close()
+            self._readahead = None
+
+    def _done(self, ref: RowGroupRef) -> None:
+        """Every row of ``ref`` was read (its read-ahead is released)."""
+        if self._readahead is not None:
+            self._readahead.consumed(ref.shard, ref.row_group, ref.rows)
+
     def _open(self, shard: int) -> OpenFile:
-        f = open_shard(self.storage, self.manifest, shard, self._arrow_schema)
+        f = open_shard(self.storage, self.manifest, shard, self._arrow_schema, self._readahead)
         self.stats.files_opened += 1
         self.stats.opened_paths.append(self.manifest.shards[shard].path)
         return f
@@ -185,17 +217,19 @@ class Scanner:
         (``cut=False``: as the row groups it reads whole, where it does). With one, row groups are
         read one by one (filter columns first).
         """
-        for shard, refs in itertools.groupby(self.row_groups, key=lambda r: r.shard):
-            refs = list(refs)
-            f = self._open(shard)
-            try:
-                if self._filter_fields:
-                    for ref in refs:
-                        yield from self._row_group_table(f, ref)
-                else:
-                    yield from self._stream_row_groups(f, refs, cut)
-            finally:
-                FILES.checkin(f)
+        with self._reading_ahead(self._filter_fields or self.columns):
+            for shard, refs in itertools.groupby(self.row_groups, key=lambda r: r.shard):
+                refs = list(refs)
+                f = self._open(shard)
+                try:
+                    if self._filter_fields:
+                        for ref in refs:
+                            yield from self._row_group_table(f, ref)
+                            self._done(ref)
+                    else:
+                        yield from self._stream_row_groups(f, refs, cut)
+                finally:
+                    FILES.checkin(f)
 
     def _direct(self, f: OpenFile) -> Callable[[int], dict[str, pa.Array]] | None:
         """For :func:`read_batches`: the fixed-shape tensor columns of a row group that a local
@@ -233,11 +267,20 @@ class Scanner:
                 self.stats.rows_matched += table.num_rows
                 yield table
             return
+        ends = np.cumsum([r.rows for r in refs])
+        done, read = 0, 0
         try:
             for rb in read_batches(f.parquet, [r.row_group for r in refs], cols, [first], bs, limit=self._row_limit,
                                    direct=self._direct(f), cut=cut):
                 self.stats.rows_matched += rb.num_rows
+                read += rb.num_rows
+                # a row group is done once a later one is read from (the reader may still hold it)
+                while done + 1 < len(refs) and ends[done] < read:
+                    self._done(refs[done])
+                    done += 1
                 yield pa.Table.from_batches([rb])
+            for ref in refs[done:]:
+                self._done(ref)
         except TensorstoreError:  # a storage failure is not damage
             raise
         except (pa.ArrowInvalid, OSError) as e:
@@ -253,22 +296,23 @@ class Scanner:
         """``(row group, matching local rows or None for all)`` for every unpruned row group.
 
         Reads only the filter's and predicate's columns (nothing when there is neither)."""
-        for shard, refs in itertools.groupby(self.row_groups, key=lambda r: r.shard):
-            refs = list(refs)
-            if not self._filter_fields:
-                for ref in refs:
-                    yield ref, None
-                continue
-            f = self._open(shard)
-            try:
-                for ref in refs:
-                    self.stats.row_groups_read += 1
-                    self.stats.rows_scanned += ref.rows
-                    hits, _ = self._matching(f, ref)
-                    self.stats.rows_matched += ref.rows if hits is None else len(hits)
-                    yield ref, hits
-            finally:
-                FILES.checkin(f)
+        if not self._filter_fields:
+            for ref in self.row_groups:
+                yield ref, None
+            return
+        with self._reading_ahead(self._filter_fields):
+            for shard, refs in itertools.groupby(self.row_groups, key=lambda r: r.shard):
+                f = self._open(shard)
+                try:
+                    for ref in refs:
+                        self.stats.row_groups_read += 1
+                        self.stats.rows_scanned += ref.rows
+                        hits, _ = self._matching(f, ref)
+                        self.stats.rows_matched += ref.rows if hits is None else len(hits)
+                        self._done(ref)
+                        yield ref, hits
+                finally:
+                    FILES.checkin(f)
 
     def _row_group_table(self, f: OpenFile, ref: RowGroupRef) -> Iterator[pa.Table]:
         self.stats.row_groups_read += 1

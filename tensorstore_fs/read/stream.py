@@ -22,15 +22,16 @@ from ..errors import CorruptDatasetError, InvalidArgumentError, TensorstoreError
 from ..parquet.batches import read_batches
 from ..parquet.filemap import FileRows
 from ..parquet.pages import locatable
-from ..parquet.rowgroups import FILES, HELD_FILES, OpenFile, private_view
+from ..parquet.rowgroups import FILES, private_view
 from ..plan import EpochPlan, PlanSpec, Segment
 from ..world import World
 from .dataset import Dataset, open_dataset
 from .gather import UNIT_CACHE, Gatherer, _Unit
 from .options import ReadOptions, resolve_columns, variable_mode
-from .scan import open_shard
 from .pieces import decode_writable, group_batches, join_pieces, merge_pieces
 from .prune import all_row_groups
+from .files import HeldFiles
+from .readahead import ReadAhead, readahead_bytes
 from .resume import batches_left, resume_plan, roll_over
 from .selection import Selection
 
@@ -48,28 +49,6 @@ READ_BYTES = 16 * 2**20  # decode contiguous rows this many bytes at a time, the
 LOCATED_MODES = (None, "rows", "private")
 
 
-class _HeldFiles:
-    """The shard files one stream holds checked out of :data:`~tensorstore_fs.parquet.rowgroups.FILES`
-    (at most ``HELD_FILES``: the least recently opened goes back first)."""
-
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-        self._open: dict[int, OpenFile] = {}
-
-    def get(self, shard: int) -> OpenFile:
-        f = self._open.get(shard)
-        if f is None:
-            if len(self._open) >= HELD_FILES:
-                FILES.checkin(self._open.pop(next(iter(self._open))))
-            f = self._open[shard] = open_shard(self.ds.storage, self.ds.manifest, shard, self.ds.storage_schema)
-        return f
-
-    def close(self) -> None:
-        """Close the held files (their pages leave this process's resident set)."""
-        while self._open:
-            self._open.pop(next(iter(self._open))).close()
-
-
 class PlannedStream:
     """Reads one (rank, worker)'s share of an epoch as decoded numpy batches.
 
@@ -85,11 +64,14 @@ class PlannedStream:
         :class:`~tensorstore_fs.ragged.RaggedRows`.
     with_row_ids : bool
         Add ``__row_id__``: each row's global index in the dataset version (for audits).
+    readahead : int, optional
+        Read-ahead budget in bytes (:func:`~tensorstore_fs.read.readahead.readahead_bytes`).
     """
 
     def __init__(self, ds: Dataset, spec: PlanSpec, columns: Sequence[str] | None, selection: Selection,
-                 *, variable: str = "list", with_row_ids: bool = False) -> None:
+                 *, variable: str = "list", with_row_ids: bool = False, readahead: int | None = None) -> None:
         self.ds = ds
+        self.readahead_bytes = readahead_bytes(readahead)
         self.spec = spec
         self.columns = resolve_columns(ds.schema, columns)
         self.selection = selection
@@ -103,7 +85,7 @@ class PlannedStream:
         self._id_starts = np.concatenate([[0], np.cumsum(selection.counts)]).astype(np.int64)
         row_bytes = max(1, ds.nbytes // max(1, len(ds)))
         self._read_rows = max(1, READ_BYTES // row_bytes)
-        self._files: _HeldFiles | None = None
+        self._files: HeldFiles | None = None
         self._files_pid: int | None = None
         self._gather = Gatherer(ds.schema, self.columns, self.variable)
 
@@ -184,6 +166,8 @@ class PlannedStream:
         if located not in LOCATED_MODES:
             raise InvalidArgumentError(f"located must be one of {LOCATED_MODES}, got {located!r}")
         files = self._process_files()
+        if files.readahead is not None:
+            files.read_ahead(run for _, run in self._runs(plan.worker_batches(rank, worker, num_workers, skip)))
         cache: dict[Any, _Unit] = {}
         maps: dict[Any, np.ndarray] = {}  # current row groups' private maps ("private"); batches keep theirs
         try:
@@ -221,16 +205,22 @@ class PlannedStream:
                             out.update((c, self._file_rows(c, ids)) for c in here)
                         out = {k: out[k] for k in self._gather.output_order(out) + [k for k in out if k.startswith("__")]}
                     yield out, [len(i) for i, _ in group]
+                    files.consumed(ids)
         finally:
             if not keep_open:  # nothing of this process's files stays mapped (DataLoader workers)
                 cache.clear()
                 self.close()
                 FILES.clear()
 
-    def _process_files(self) -> _HeldFiles:
-        """Shard files held in this process, kept across epochs (a forked child opens its own)."""
+    def _process_files(self) -> HeldFiles:
+        """Shard files held in this process, kept across epochs (a forked child opens its own),
+        and their read-ahead."""
         if self._files is None or self._files_pid != os.getpid():
-            self._files, self._files_pid = _HeldFiles(self.ds), os.getpid()
+            ra = None
+            if self.readahead_bytes:
+                cols = storage_columns(self.ds.schema, self.columns)
+                ra = ReadAhead(self.ds.storage, self.ds.manifest, cols, self.readahead_bytes)
+            self._files, self._files_pid = HeldFiles(self.ds, ra, self._id_starts), os.getpid()
         return self._files
 
     def close(self) -> None:
@@ -268,7 +258,7 @@ class PlannedStream:
             yield run_contiguous, run
 
     # -- located columns (see tensorstore_fs.parquet.filemap) -------------------------------------
-    def _chunk_offset(self, files: _HeldFiles, u: int, name: str) -> int | None:
+    def _chunk_offset(self, files: HeldFiles, u: int, name: str) -> int | None:
         """Byte offset of row 0 of column ``name`` in row group ``u``'s file, where the chunk is
         located (:meth:`~tensorstore_fs.parquet.rowgroups.OpenFile.values_offset`; cached)."""
         key = (u, name)
@@ -277,7 +267,7 @@ class PlannedStream:
             self._chunk_offsets[key] = f.values_offset(int(self._unit_rg[u]), name, self.ds.schema.field(name).row_nbytes)
         return self._chunk_offsets[key]
 
-    def _file_columns(self, files: _HeldFiles, ids: np.ndarray, contiguous: bool = False,
+    def _file_columns(self, files: HeldFiles, ids: np.ndarray, contiguous: bool = False,
                       among: Sequence[str] | None = None) -> tuple[str, ...]:
         """Columns (of ``among``, default all located fields) every row of ``ids`` can be located
         for in a file; ``contiguous``: ``ids`` are consecutive ids, so their row groups are a range."""
@@ -341,7 +331,7 @@ class PlannedStream:
             segment=segment.astype(np.int32), rows=np.asarray(local, dtype=np.int64))
 
     # -- contiguous runs and gathered windows ------------------------------------------------------
-    def _gathered(self, files: _HeldFiles, cache: dict[Any, _Unit], ids: np.ndarray,
+    def _gathered(self, files: HeldFiles, cache: dict[Any, _Unit], ids: np.ndarray,
                   sizes: list[int], cols: list[str]) -> Iterator[dict[str, Any]]:
         """Rows by id in any order, decoded (see :mod:`tensorstore_fs.read.gather`)."""
         units, local = self._locate(ids)
@@ -379,7 +369,7 @@ class PlannedStream:
             skip = 0
         return segs
 
-    def _contiguous(self, files: "_HeldFiles", first_id: int, sizes: list[int], cols: list[str]
+    def _contiguous(self, files: "HeldFiles", first_id: int, sizes: list[int], cols: list[str]
                     ) -> Iterator[tuple[pa.Table | None, dict[str, Any]]]:
         """Rows [first_id, first_id + sum(sizes)) in storage order, as exact-size batches decoded
         straight from Parquet (a batch is re-assembled only where it spans two shard files).
@@ -476,14 +466,21 @@ def window_rows(ds: Dataset, eligible_rows: int, batch_size: int, window_bytes: 
 
 def open_stream(ds_or_url: Dataset | str, options: ReadOptions, *, rank: int | None = None,
                 world_size: int | None = None, version: int | None = None,
-                storage_options: Any = None) -> tuple[PlannedStream, World]:
-    """The stream and world every framework adapter starts from (same options, same plan)."""
-    ds = ds_or_url if isinstance(ds_or_url, Dataset) else open_dataset(ds_or_url, version, storage_options)
+                storage_options: Any = None, cache_dir: Any = None) -> tuple[PlannedStream, World]:
+    """The stream and world every framework adapter starts from (same options, same plan).
+    ``cache_dir``: keep the shards of a remote dataset opened from a URL in that node-local cache."""
+    if isinstance(ds_or_url, Dataset):
+        if cache_dir is not None:
+            raise InvalidArgumentError("cache_dir= applies to a dataset opened from a URL: pass it to "
+                                       "tsfs.open_dataset(url, cache_dir=...) when you give an opened Dataset")
+        ds = ds_or_url
+    else:
+        ds = open_dataset(ds_or_url, version, storage_options, cache_dir=cache_dir)
     world = World.detect(rank, world_size)
     selection = Selection.compute(ds, options.filter, options.predicate)
     spec = PlanSpec(options.batch_size, shuffle=options.shuffle, seed=options.seed, remainder=options.remainder,
                     drop_last=options.drop_last,
                     window_rows=window_rows(ds, int(selection.counts.sum()), options.batch_size, options.window_bytes))
     stream = PlannedStream(ds, spec, options.columns, selection, variable=options.variable,
-                           with_row_ids=options.with_row_ids)
+                           with_row_ids=options.with_row_ids, readahead=options.readahead_bytes)
     return stream, world

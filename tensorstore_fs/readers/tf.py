@@ -14,6 +14,8 @@ two adapters yield the same rows in the same order for the same arguments.
 
 from __future__ import annotations
 
+import os
+
 import logging
 import threading
 from typing import Any, Iterator, Mapping, Sequence
@@ -72,7 +74,7 @@ class TFReader:
         DataLoader with that many workers).
     variable : {"ragged", "pad"}
         Variable-shape fields as ``tf.RaggedTensor`` (default) or zero-padded plus ``<name>__shape``.
-    window_bytes, with_row_ids, version, storage_options
+    window_bytes, with_row_ids, version, storage_options, cache_dir, readahead_bytes
         As in ``TorchDataset``.
     native : bool, optional
         Fixed-shape tensor columns of local datasets are copied out of the shard files by a
@@ -126,6 +128,8 @@ class TFReader:
         with_row_ids: bool = False,
         version: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        readahead_bytes: int | None = None,
         native: bool | None = None,
         zero_copy: bool | None = None,
     ) -> None:
@@ -136,13 +140,14 @@ class TFReader:
             raise InvalidArgumentError(f"variable must be one of {tuple(VARIABLE_MODES)}, got {variable!r}")
         num_workers = check_int("num_workers", num_workers)
         options = ReadOptions(columns, filter, predicate, batch_size, shuffle, seed, remainder, drop_last,
-                              window_bytes, VARIABLE_MODES[variable], with_row_ids, num_epochs)
+                              window_bytes, VARIABLE_MODES[variable], with_row_ids, num_epochs,
+                              readahead_bytes)
         if input_context is not None:
             if rank is not None or world_size is not None:
                 raise InvalidArgumentError("pass input_context= or rank=/world_size=, not both")
             rank, world_size = input_context.input_pipeline_id, input_context.num_input_pipelines
         self.stream, world = open_stream(ds_or_url, options, rank=rank, world_size=world_size, version=version,
-                                         storage_options=storage_options)
+                                         storage_options=storage_options, cache_dir=cache_dir)
         self.rank, self.world_size = world.rank, world.world_size
         self.num_workers = num_workers
         self.num_epochs = num_epochs

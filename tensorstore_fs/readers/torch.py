@@ -16,6 +16,8 @@ deterministic and a resume continues exactly where it stopped.
 
 from __future__ import annotations
 
+import os
+
 import logging
 import math
 import warnings
@@ -189,6 +191,16 @@ class TorchDataset(IterableDataset):
     with_row_ids : bool
         Add ``__row_id__``, each row's index in the dataset version (see
         :func:`tensorstore_fs.audit.audit_epoch`).
+    version, storage_options
+        As in :func:`tensorstore_fs.open_dataset` (for a URL).
+    cache_dir : path, optional
+        Keep the shards of a remote dataset given by URL in this node-local cache, shared by all
+        workers and ranks of the machine (:mod:`tensorstore_fs.cache`; default
+        ``$TSFS_CACHE_DIR/shards`` when set). For an opened Dataset pass it to ``open_dataset``.
+    readahead_bytes : int, optional
+        Bytes each worker reads ahead of its consumer along its epoch plan (fetched from an object
+        store, asked of the page cache on a local disk); 0 turns it off. Default
+        ``$TSFS_READAHEAD_BYTES``, else 256 MiB (:mod:`tensorstore_fs.read.readahead`).
     file_backed : bool
         For local datasets, DataLoader workers send the location of fixed-shape tensor rows in
         the shard files instead of the bytes, and the main process maps them itself: consecutive
@@ -216,15 +228,18 @@ class TorchDataset(IterableDataset):
         with_row_ids: bool = False,
         version: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        readahead_bytes: int | None = None,
         file_backed: bool = True,
     ) -> None:
         super().__init__()
         if variable not in VARIABLE_MODES:
             raise InvalidArgumentError(f"variable must be one of {tuple(VARIABLE_MODES)}, got {variable!r}")
         options = ReadOptions(columns, filter, predicate, batch_size, shuffle, seed, remainder, drop_last,
-                              window_bytes, VARIABLE_MODES[variable], with_row_ids, num_epochs)
+                              window_bytes, VARIABLE_MODES[variable], with_row_ids, num_epochs,
+                              readahead_bytes)
         self.stream, world = open_stream(ds_or_url, options, rank=rank, world_size=world_size, version=version,
-                                         storage_options=storage_options)
+                                         storage_options=storage_options, cache_dir=cache_dir)
         self.rank, self.world_size = world.rank, world.world_size
         ds = self.stream.ds
         # DataLoader workers send fixed-shape tensors of local shards as file locations
