@@ -123,6 +123,7 @@ class ReadAhead:
         self._cached: set[int] = set()  # shards whose download into the node-local cache is scheduled
         self._units: dict[tuple[int, int], _Unit] = {}
         self._by_shard: dict[int, set[_Unit]] = {}  # the units of each shard that are in _units
+        self._resident: set[_Unit] = set()  # units fetched or being fetched
         self._schedule: list[_Unit] = []
         self._next = 0  # the schedule's next step to fetch for
         self._held = 0
@@ -152,7 +153,7 @@ class ReadAhead:
             for u in self._units.values():
                 u.uses.clear()
             self._schedule, self._next = [], 0
-            for i, use in enumerate(schedule):
+            for use in schedule:
                 if use.rows <= 0:
                     continue
                 key = (use.shard, use.row_group)
@@ -194,6 +195,7 @@ class ReadAhead:
             self._schedule, self._next = [], 0
             self._units.clear()
             self._by_shard.clear()
+            self._resident.clear()
             self._files.clear()
             self._footers.clear()
             self._cached.clear()
@@ -235,6 +237,7 @@ class ReadAhead:
             if self._held and self._held + cost > self.budget and not self._evict(cost):
                 return
             unit.resident, unit.cost = True, cost
+            self._resident.add(unit)
             self._held += cost
             unit.task = self._executor().submit(self._fetch, unit)
             self._next += 1
@@ -242,7 +245,7 @@ class ReadAhead:
     def _evict(self, need: int) -> bool:
         """Drop row groups held only for uses beyond the fetched steps (those needed last first)
         until ``need`` more bytes fit; False if they do not."""
-        later = sorted((u for u in self._units.values() if u.resident and u.uses and u.uses[0][0] > self._next),
+        later = sorted((u for u in self._resident if u.uses and u.uses[0][0] > self._next),
                        key=lambda u: u.uses[0][0], reverse=True)
         for unit in later:
             if self._held + need <= self.budget:
@@ -260,6 +263,7 @@ class ReadAhead:
                 if f is not None:
                     f.detach(start)
             unit.pieces, unit.cost, unit.resident, unit.task = [], 0, False, None
+            self._resident.discard(unit)
         if not unit.uses and self._units.pop(unit.key, None) is not None:
             shard = unit.key[0]
             units = self._by_shard[shard]
@@ -274,10 +278,11 @@ class ReadAhead:
                         f.detach(start)
 
     def _cancel_pending(self) -> None:
-        for unit in self._units.values():
+        for unit in list(self._resident):
             if unit.task is not None and unit.task.cancel():
                 self._held -= unit.cost
                 unit.cost, unit.resident, unit.task = 0, False, None
+                self._resident.discard(unit)
 
     # -- fetching (pool threads) -------------------------------------------------------------------
     def _fetch(self, unit: _Unit) -> None:
