@@ -281,3 +281,18 @@ def test_readahead_holds_at_most_its_budget_beyond_the_step_being_read(remote):
         assert ra.held_bytes == 0
     finally:
         ra.close()
+
+
+def test_a_first_batch_fetches_about_what_it_needs(remote, monkeypatch):
+    """Read-ahead starts with the step being read and doubles with every step consumed: taking
+    one batch and stopping fetched one row group (and the footer)."""
+    ds, local = remote
+    req = Requests(monkeypatch)
+    batches = ds.to_batches(batch_size=64)
+    first = next(batches)
+    np.testing.assert_array_equal(first["id"], np.arange(64))
+    batches.close()
+    calls = req.take()
+    fetched = sum(e - s for _, s, e in calls)
+    need = _needed(local, [(0, 0)], ["x", "label", "id"]) + min(ds.shards[0].bytes, 64 * 1024)
+    assert need <= fetched <= 1.05 * need, (fetched, need, calls)

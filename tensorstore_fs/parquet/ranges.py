@@ -147,12 +147,11 @@ class RangedFile:
         parts = self._covering(start, end)
         if parts is None and self._pending is not None:
             pending = self._pending()
-            if pending:
-                wait(pending)
-                for task in pending:  # the storage failed for read-ahead: the same error, not a second wait
-                    if not task.cancelled() and isinstance(task.exception(), TensorstoreError):
-                        raise task.exception()  # type: ignore[misc]
-                parts = self._covering(start, end)
+            wait(pending)
+            for task in pending:  # the storage failed for read-ahead: the same error, not a second wait
+                if not task.cancelled() and isinstance(task.exception(), TensorstoreError):
+                    raise task.exception()  # type: ignore[misc]
+            parts = self._covering(start, end)  # also what a task finished since the first look attached
         views = []
         for s, e, fut in parts or ():
             if not fut.cancelled() and fut.done() and isinstance(fut.exception(), TensorstoreError):

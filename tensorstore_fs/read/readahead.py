@@ -127,6 +127,7 @@ class ReadAhead:
         self._schedule: list[_Unit] = []
         self._next = 0  # the schedule's next step to fetch for
         self._held = 0
+        self._window = 0  # bytes the pass may read ahead so far (grows to the budget)
         self.fetched_bytes = 0  # bytes requested by read-ahead (object stores)
 
     # -- the consumer's side -------------------------------------------------------------------------
@@ -142,9 +143,18 @@ class ReadAhead:
             return f
 
     def _pending(self, shard: int) -> list[Future]:
-        """Fetch tasks of the shard's row groups not finished yet (they attach its ranges)."""
+        """Fetch tasks of the shard's row groups not finished yet (they attach its ranges). The
+        reader needs bytes of the shard that nothing holds: if the schedule's next step is of
+        that shard, it is what the reader is at, and is fetched now whatever the budget says."""
         with self._lock:
-            return [u.task for u in self._by_shard.get(shard, ()) if u.task is not None and not u.task.done()]
+            pending = [u.task for u in self._by_shard.get(shard, ()) if u.task is not None and not u.task.done()]
+            if not pending and self._next < len(self._schedule):
+                unit = self._schedule[self._next]
+                if unit.key[0] == shard and not unit.resident:
+                    self._submit(unit)
+                    self._next += 1
+                    pending.append(unit.task)
+            return pending
 
     def start(self, schedule: Iterable[Use]) -> None:
         """Begin a pass reading ``schedule`` (what an earlier pass held and still needs is kept)."""
@@ -152,7 +162,7 @@ class ReadAhead:
             self._cancel_pending()
             for u in self._units.values():
                 u.uses.clear()
-            self._schedule, self._next = [], 0
+            self._schedule, self._next, self._window = [], 0, 0
             for use in schedule:
                 if use.rows <= 0:
                     continue
@@ -180,14 +190,16 @@ class ReadAhead:
                 take = min(rows, unit.uses[0][1])
                 unit.uses[0][1] -= take
                 rows -= take
-                if unit.uses[0][1] <= 0:
+                if unit.uses[0][1] <= 0:  # a step done: read further ahead
                     unit.uses.popleft()
+                    self._window = min(self.budget, 2 * self._window + max(1, unit.cost))
             if not unit.uses:
                 self._release(unit)
             self._pump()
 
     def close(self) -> None:
-        """Stop fetching and free everything held (the pool's threads end)."""
+        """Stop fetching and free everything held: once it returns, no request of this read-ahead
+        is in flight (the pool's threads end)."""
         with self._lock:
             self._cancel_pending()
             for unit in list(self._units.values()):
@@ -200,8 +212,8 @@ class ReadAhead:
             self._footers.clear()
             self._cached.clear()
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:  # requests not started are dropped; those in flight end before close returns
+            pool.shutdown(wait=True, cancel_futures=True)
 
     @property
     def held_bytes(self) -> int:
@@ -225,7 +237,10 @@ class ReadAhead:
         return max(1, info.bytes * info.row_groups[unit.key[1]].rows // max(1, info.rows))
 
     def _pump(self) -> None:
-        """Fetch for the next steps while the budget allows (always the step the consumer is at)."""
+        """Fetch for the next steps while the budget allows (always the step the consumer is at).
+        A pass starts with the first step alone and doubles how far it reads ahead with every
+        step consumed, up to the budget: a read that stops early (a first batch, an abandoned
+        iterator) fetched little more than it used."""
         if self.budget <= 0:
             return
         while self._next < len(self._schedule):
@@ -234,13 +249,17 @@ class ReadAhead:
                 self._next += 1
                 continue
             cost = self._estimate(unit)
-            if self._held and self._held + cost > self.budget and not self._evict(cost):
-                return
-            unit.resident, unit.cost = True, cost
-            self._resident.add(unit)
-            self._held += cost
-            unit.task = self._executor().submit(self._fetch, unit)
+            if self._held and self._held + cost > min(self.budget, self._window):
+                if self._window < self.budget or not self._evict(cost):
+                    return
+            self._submit(unit, cost)
             self._next += 1
+
+    def _submit(self, unit: _Unit, cost: int | None = None) -> None:
+        unit.resident, unit.cost = True, self._estimate(unit) if cost is None else cost
+        self._resident.add(unit)
+        self._held += unit.cost
+        unit.task = self._executor().submit(self._fetch, unit)
 
     def _evict(self, need: int) -> bool:
         """Drop row groups held only for uses beyond the fetched steps (those needed last first)
