@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: venv test demo bench bench-core bench-loader bench-tf bench-suite clean
+.PHONY: venv test demo bench bench-core bench-loader bench-tf bench-suite bench-storage clean
 
 $(STAMP): pyproject.toml requirements/constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ demo: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks all $(BENCH_ARGS)
 
-bench-core bench-loader bench-tf bench-suite: bench-%: $(BENCH_STAMP)
+bench-core bench-loader bench-tf bench-suite bench-storage: bench-%: $(BENCH_STAMP)
 	$(PY) -m benchmarks $* $(BENCH_ARGS)
 
 clean:

@@ -1,7 +1,7 @@
 """The benchmarks' command line: ``python -m benchmarks <target> [options]``.
 
-Targets: ``core``, ``loader``, ``tf``, ``suite``, and ``all`` (the four in turn, each in its own
-process). Results go to ``benchmarks/results/`` (``--out``); ``--quick`` runs small sizes and few
+Targets: ``core``, ``loader``, ``tf``, ``suite``, ``storage``, and ``all`` (the five in turn, each in
+its own process). Results go to ``benchmarks/results/`` (``--out``); ``--quick`` runs small sizes and few
 repetitions (a smoke test of minutes) and writes to a temporary folder unless ``--out`` is given.
 """
 
@@ -19,7 +19,7 @@ from .harness import RESULTS, ROOT, default_work
 from .petastorm_venv import VENV
 
 TARGETS = {"core": "benchmarks.core", "loader": "benchmarks.loader", "tf": "benchmarks.tfdata",
-           "suite": "benchmarks.suite.run"}
+           "suite": "benchmarks.suite.run", "storage": "benchmarks.storage"}
 QUICK_OUT = Path(tempfile.gettempdir()) / "tsfs_bench_quick"
 
 
@@ -40,13 +40,13 @@ def parser() -> argparse.ArgumentParser:
                    help=f"loader, suite: Petastorm's virtualenv, created on first use (default {VENV.relative_to(ROOT)})")
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="target", required=True, metavar="{core,loader,tf,suite,all}")
+    sub = p.add_subparsers(dest="target", required=True, metavar="{core,loader,tf,suite,storage,all}")
     for name, modname in TARGETS.items():
         mod = importlib.import_module(modname)
         sp = sub.add_parser(name, parents=[shared], help=mod.__doc__.splitlines()[0].replace("%", "%%"),
                             description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(sp)
-    sub.add_parser("all", parents=[shared], help="core, loader, tf and suite in turn, each in its own process")
+    sub.add_parser("all", parents=[shared], help="core, loader, tf, suite and storage in turn, each in its own process")
     return p
 
 

@@ -102,8 +102,9 @@ class PlannedStream:
 
     def located_fields(self) -> list[str]:
         """The columns a ``located`` read may hand out where they lie in the files (fixed-shape,
-        non-nullable tensors of a local dataset; :func:`~tensorstore_fs.parquet.pages.locatable`)."""
-        if not self.ds.storage.is_local:
+        non-nullable tensors of a local dataset, or of a remote one read through the node-local
+        cache; :func:`~tensorstore_fs.parquet.pages.locatable`)."""
+        if not (self.ds.storage.is_local or self.ds.storage.cache is not None):
             return []
         return [c for c in self.columns if locatable(self.ds.schema.field(c))]
 
@@ -282,8 +283,13 @@ class PlannedStream:
                      if all(self._chunk_offset(files, int(u), name) is not None for u in units))
 
     def shard_path(self, shard: int) -> str:
-        """The local path of shard ``shard`` (as :class:`~tensorstore_fs.parquet.filemap.FileRows` name it)."""
-        return os.path.abspath(self.ds.storage.path(self.ds.shards[shard].path))
+        """The local path of shard ``shard`` (as :class:`~tensorstore_fs.parquet.filemap.FileRows` name
+        it): its copy in the node-local cache for a remote dataset."""
+        cache = self.ds.storage.cache
+        if cache is None:
+            return os.path.abspath(self.ds.storage.path(self.ds.shards[shard].path))
+        info = self.ds.shards[shard]
+        return os.path.abspath(cache.fetch(self.ds.storage, info.path, info.bytes, info.crc32c))
 
     def _unit_path(self, u: int) -> str:
         return self.shard_path(int(self._unit_shard[u]))

@@ -245,6 +245,9 @@ class TorchDataset(IterableDataset):
         # DataLoader workers send fixed-shape tensors of local shards as file locations
         # (see tensorstore_fs.parquet.filemap); in-process reads map them privately
         self._file_backed = file_backed and ds.storage.is_local
+        # in-process, rows of shards in the node-local cache are mapped too (a worker does not send
+        # their locations: the cache may evict a file before the main process maps it)
+        self._mapped = file_backed and (ds.storage.is_local or ds.storage.cache is not None)
         self.variable = variable
         # Nested tensors use the jagged layout where the schema allows it (only the first dimension
         # varies): the strided layout makes torch warn, also in the main process that unpickles
@@ -308,8 +311,8 @@ class TorchDataset(IterableDataset):
             # in workers, located tensor rows travel as file locations; in-process, consecutive
             # rows are views of a private map of the file (no copy), but not under
             # remainder="pad", whose padding repeats rows that a caller may have modified
-            located = None if not self._file_backed else "rows" if in_worker else (
-                "private" if self.spec.remainder != "pad" else None)
+            located = ("rows" if self._file_backed else None) if in_worker else (
+                "private" if self._mapped and self.spec.remainder != "pad" else None)
             for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip, keep_open=not in_worker,
                                                  located=located):
                 self._yielded += 1
