@@ -232,10 +232,7 @@ class ReadAhead:
         """Bytes of a row group before its footer is read: its share of the shard's bytes."""
         info = self.manifest.shards[unit.key[0]]
         if self.mode == "cached":  # a shard is downloaded whole, once: its first row group pays
-            if unit.key[0] in self._cached:
-                return 0
-            self._cached.add(unit.key[0])
-            return info.bytes
+            return 0 if unit.key[0] in self._cached else info.bytes
         return max(1, info.bytes * info.row_groups[unit.key[1]].rows // max(1, info.rows))
 
     def _pump(self) -> None:
@@ -259,6 +256,8 @@ class ReadAhead:
 
     def _submit(self, unit: _Unit, cost: int | None = None) -> None:
         unit.resident, unit.cost = True, self._estimate(unit) if cost is None else cost
+        if self.mode == "cached":
+            self._cached.add(unit.key[0])
         self._resident.add(unit)
         self._held += unit.cost
         unit.task = self._executor().submit(self._fetch, unit)
