@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections import deque
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -12,7 +13,10 @@ from .prune import all_row_groups
 from .readahead import ReadAhead, Use
 from .scan import open_shard
 
-__all__ = ["HeldFiles"]
+__all__ = ["LOCAL_RUNS_AHEAD", "HeldFiles"]
+
+LOCAL_RUNS_AHEAD = 2  # runs a local disk's read-ahead is planned ahead of the reader
+Run = tuple[bool, list[tuple[np.ndarray, np.ndarray]]]  # (contiguous, [(ids, pad), ...])
 
 
 class HeldFiles:
@@ -34,6 +38,9 @@ class HeldFiles:
         self.readahead = readahead
         self._open: dict[int, OpenFile] = {}
         self._id_starts = id_starts
+        self._from: int | None = None  # first row id of the current contiguous run not reported yet
+        self._bound = 0  # where the row group of the last report ends
+        self._steps: dict[int, list[Use]] = {}  # the schedule of each window planned ahead, by id of its batches
         if readahead is not None:
             refs = all_row_groups(ds.manifest)
             self._unit_shard = np.array([r.shard for r in refs], dtype=np.int64)
@@ -48,29 +55,84 @@ class HeldFiles:
                                                self.readahead)
         return f
 
-    def read_ahead(self, runs: Iterable[list[tuple[np.ndarray, np.ndarray]]]) -> None:
-        """Start reading ahead for a pass made of ``runs`` (each a list of ``(ids, pad)`` batches
-        read together: a contiguous run, or a shuffled window whose row groups are all read when
-        it starts)."""
-        if self.readahead is not None:
-            self.readahead.start(self._schedule(runs))
+    def read_ahead(self, runs: Callable[[], Iterator[Run]]) -> Iterator[Run]:
+        """The runs of a pass (``runs()``: each ``(contiguous, batches)``, the ``(ids, pad)``
+        batches read together: a contiguous run, or a shuffled window whose row groups are all
+        read when it starts), with
+        read-ahead following them. For an object store the whole pass is planned first (a second
+        pass over the plan), so that a row group read by several windows is fetched once; a local
+        disk is planned as the runs come, :data:`LOCAL_RUNS_AHEAD` runs ahead."""
+        ra = self.readahead
+        self._from = None
+        if ra is None:
+            yield from runs()
+        elif ra.mode != "local":
+            ra.start(self._schedule(runs()))
+            yield from runs()
+        else:
+            ra.start()
+            ahead: deque[Run] = deque()
+            self._steps.clear()
+            for run in runs():
+                steps = list(self._schedule([run]))
+                if not run[0]:  # kept for run_done (a window's row groups are counted once)
+                    self._steps[id(run[1])] = steps
+                ra.extend(steps)
+                ahead.append(run)
+                if len(ahead) > LOCAL_RUNS_AHEAD:
+                    yield ahead.popleft()
+            yield from ahead
 
-    def _schedule(self, runs: Iterable[list[tuple[np.ndarray, np.ndarray]]]) -> Iterator[Use]:
+    def _schedule(self, runs: Iterable[Run]) -> Iterator[Use]:
         """The row groups the runs read, in the order reads first touch them, run by run."""
-        for run in runs:
+        for contiguous, run in runs:
+            if contiguous:  # consecutive ids: the row groups are a range, each partly or wholly read
+                lo, hi = int(run[0][0][0]), int(run[-1][0][-1]) + 1
+                first, last = np.searchsorted(self._id_starts, (lo, hi - 1), side="right") - 1
+                for u in range(int(first), int(last) + 1):
+                    n = min(hi, int(self._id_starts[u + 1])) - max(lo, int(self._id_starts[u]))
+                    yield Use(int(self._unit_shard[u]), int(self._unit_rg[u]), n)
+                continue
             units = np.searchsorted(self._id_starts, np.concatenate([ids for ids, _ in run]), side="right") - 1
-            uniq, first, counts = np.unique(units, return_index=True, return_counts=True)
-            for j in np.argsort(first, kind="stable"):
+            uniq, first_at, counts = np.unique(units, return_index=True, return_counts=True)
+            for j in np.argsort(first_at, kind="stable"):
                 u = int(uniq[j])
                 yield Use(int(self._unit_shard[u]), int(self._unit_rg[u]), int(counts[j]))
 
     def consumed(self, ids: np.ndarray) -> None:
-        """The rows ``ids`` were handed out: read-ahead releases what no later batch needs."""
+        """The consecutive rows ``ids`` of a contiguous run were handed out. Read-ahead hears of
+        it when a row group is finished (what it releases), not batch by batch."""
         if self.readahead is None or not len(ids):
             return
-        units, counts = np.unique(np.searchsorted(self._id_starts, ids, side="right") - 1, return_counts=True)
-        for u, n in zip(units.tolist(), counts.tolist()):
-            self.readahead.consumed(int(self._unit_shard[u]), int(self._unit_rg[u]), n)
+        hi = int(ids[-1]) + 1
+        if self._from is None:
+            self._from = int(ids[0])
+        elif hi < self._bound:  # still inside the row group the last report ended in
+            return
+        self._report(hi)
+
+    def run_done(self, run: Run) -> None:
+        """Every row of ``run`` was handed out (a window's row groups were all read when it started)."""
+        if self.readahead is None:
+            return
+        if run[0]:
+            if self._from is not None:
+                self._report(int(run[1][-1][0][-1]) + 1)
+            self._from = None
+            return
+        steps = self._steps.pop(id(run[1]), None)
+        for use in self._schedule([run]) if steps is None else steps:
+            self.readahead.consumed(use.shard, use.row_group, use.rows)
+
+    def _report(self, hi: int) -> None:
+        """Report the rows from ``_from`` up to (not including) id ``hi``."""
+        assert self._from is not None
+        if hi > self._from:
+            for use in self._schedule([(True, [(np.array([self._from, hi - 1]), None)])]):
+                self.readahead.consumed(use.shard, use.row_group, use.rows)  # type: ignore[union-attr]
+        self._from = hi
+        u = int(np.searchsorted(self._id_starts, hi, side="right")) - 1
+        self._bound = int(self._id_starts[min(u + 1, len(self._id_starts) - 1)])
 
     def close(self) -> None:
         """Close the held files (their pages leave this process's resident set) and stop reading ahead."""

@@ -157,29 +157,39 @@ class ReadAhead:
                     pending.append(unit.task)
             return pending
 
-    def start(self, schedule: Iterable[Use]) -> None:
-        """Begin a pass reading ``schedule`` (what an earlier pass held and still needs is kept)."""
+    def start(self, schedule: Iterable[Use] = ()) -> None:
+        """Begin a pass reading ``schedule`` (what an earlier pass held and still needs is kept;
+        :meth:`extend` adds later steps)."""
         with self._lock:
             self._cancel_pending()
             for u in self._units.values():
                 u.uses.clear()
             self._schedule, self._next, self._window = [], 0, 0
-            for use in schedule:
-                if use.rows <= 0:
-                    continue
-                key = (use.shard, use.row_group)
-                unit = self._units.get(key)
-                if unit is None:
-                    unit = self._units[key] = _Unit(key)
-                    self._by_shard.setdefault(use.shard, set()).add(unit)
-                if self._schedule and self._schedule[-1] is unit:  # the same row group again: one step
-                    unit.uses[-1][1] += use.rows
-                else:
-                    unit.uses.append([len(self._schedule), use.rows])
-                    self._schedule.append(unit)
+            self._add(schedule)
             for unit in [u for u in self._units.values() if not u.uses]:
                 self._release(unit)
             self._pump()
+
+    def extend(self, schedule: Iterable[Use]) -> None:
+        """Append steps to the pass's schedule (a reader that plans as it goes)."""
+        with self._lock:
+            self._add(schedule)
+            self._pump()
+
+    def _add(self, schedule: Iterable[Use]) -> None:
+        for use in schedule:
+            if use.rows <= 0:
+                continue
+            key = (use.shard, use.row_group)
+            unit = self._units.get(key)
+            if unit is None:
+                unit = self._units[key] = _Unit(key)
+                self._by_shard.setdefault(use.shard, set()).add(unit)
+            if self._schedule and self._schedule[-1] is unit:  # the same row group again: one step
+                unit.uses[-1][1] += use.rows
+            else:
+                unit.uses.append([len(self._schedule), use.rows])
+                self._schedule.append(unit)
 
     def consumed(self, shard: int, row_group: int, rows: int) -> None:
         """The consumer took ``rows`` rows of a row group (in schedule order)."""

@@ -167,12 +167,11 @@ class PlannedStream:
         if located not in LOCATED_MODES:
             raise InvalidArgumentError(f"located must be one of {LOCATED_MODES}, got {located!r}")
         files = self._process_files()
-        if files.readahead is not None:
-            files.read_ahead(run for _, run in self._runs(plan.worker_batches(rank, worker, num_workers, skip)))
         cache: dict[Any, _Unit] = {}
         maps: dict[Any, np.ndarray] = {}  # current row groups' private maps ("private"); batches keep theirs
+        runs = files.read_ahead(lambda: self._runs(plan.worker_batches(rank, worker, num_workers, skip)))
         try:
-            for i, (contiguous, batches) in enumerate(self._runs(plan.worker_batches(rank, worker, num_workers, skip))):
+            for i, (contiguous, batches) in enumerate(runs):
                 groups = group_batches(batches, chunk_rows, first_alone=i == 0)
                 sizes = [sum(len(ids) for ids, _ in g) for g in groups]
                 run_ids = np.concatenate([ids for ids, _ in batches])
@@ -206,7 +205,9 @@ class PlannedStream:
                             out.update((c, self._file_rows(c, ids)) for c in here)
                         out = {k: out[k] for k in self._gather.output_order(out) + [k for k in out if k.startswith("__")]}
                     yield out, [len(i) for i, _ in group]
-                    files.consumed(ids)
+                    if contiguous:
+                        files.consumed(ids)
+                files.run_done((contiguous, batches))
         finally:
             if not keep_open:  # nothing of this process's files stays mapped (DataLoader workers)
                 cache.clear()
