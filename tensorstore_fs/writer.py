@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import random
+import time
 import uuid
 from typing import Any, Iterable, Mapping
 
@@ -48,6 +50,8 @@ ROW_GROUP_ROW_ALIGNMENT = 256
 DICTIONARY_MAX_DISTINCT = 0.5
 DICTIONARY_SAMPLE = 4096
 _COMMIT_RETRIES = 20
+_COMMIT_BACKOFF_S = 0.005  # pause before retrying a lost commit: random, up to this x 2**conflicts ...
+_COMMIT_BACKOFF_MAX_S = 0.5  # ... and at most this
 # pyarrow (where it has max_rows_per_page) also cuts pages at 20,000 rows: lift that to the row
 # group's cap, so a chunk of small rows stays one page as well (a pyarrow without the option
 # writes whatever pages it writes; readers then decode those chunks)
@@ -403,7 +407,7 @@ class DatasetWriter:
     def _commit(self) -> Manifest:
         assert self.schema is not None
         parent = self._parent
-        for _ in range(_COMMIT_RETRIES):
+        for attempt in range(_COMMIT_RETRIES):
             version = (parent.version if parent else 0) + 1
             shards = [ShardInfo(s.path, s.rows, s.bytes, s.crc32c, s.row_groups, version) for s in self._shards]
             base = list(parent.shards) if (parent is not None and self.mode == "append") else []
@@ -423,6 +427,10 @@ class DatasetWriter:
             except CommitConflictError:
                 if self.mode == "error":
                     raise DatasetExistsError(f"{self.storage.url}: another writer created a dataset here first") from None
+                # a random pause, growing with each conflict: writers that keep colliding spread
+                # out, so a slow one is not beaten to every next version (8 appending processes on
+                # 2 busy cores once made one give up after 20 conflicts)
+                time.sleep(random.uniform(0, min(_COMMIT_BACKOFF_MAX_S, _COMMIT_BACKOFF_S * 2 ** attempt)))
                 latest = latest_version(self.storage)
                 parent = load_manifest(self.storage, latest) if latest is not None else None
                 if self.mode == "append" and parent is not None and parent.schema != self.schema:
