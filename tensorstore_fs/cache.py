@@ -12,7 +12,11 @@ Opt-in: ``open_dataset(url, cache_dir=...)`` or the environment variable ``TSFS_
   bytes the manifest recorded (it was checked when it was filled) and a changed shard never meets
   a stale copy.
 * Least recently used files are deleted when the cache grows past ``max_bytes`` (default 64 GiB or
-  ``TSFS_CACHE_BYTES``). A process that still maps a deleted file keeps reading it (POSIX).
+  ``TSFS_CACHE_BYTES``), but never one used in the last :data:`EVICT_GRACE_S` seconds (every
+  :meth:`ShardCache.fetch` marks a file used): a DataLoader worker hands the main process the
+  *location* of rows in a cached file, and the main process maps it moments later. While every
+  file is that recent, the cache stays above its limit (logged). A process that still maps a
+  deleted file keeps reading it (POSIX).
 * Cached files are read as local files: memory-mapped, at local-disk speed.
 """
 
@@ -23,6 +27,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,12 +35,13 @@ from typing import Any, Iterator
 from ._crc import crc32c_extend
 from .errors import CorruptDatasetError
 
-__all__ = ["ShardCache", "cache_from_env"]
+__all__ = ["EVICT_GRACE_S", "ShardCache", "cache_from_env"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 * 2**30
 CHUNK = 8 << 20
+EVICT_GRACE_S = 300.0  # a file used this recently is never evicted (its rows may be in flight to another process)
 
 
 def cache_from_env(cache_dir: str | os.PathLike | None) -> "ShardCache | None":
@@ -125,8 +131,13 @@ class ShardCache:
                 st = p.stat()
                 files.append((st.st_mtime, st.st_size, p))
         total = sum(size for _, size, _ in files)
-        for _, size, p in sorted(files):
+        recent = time.time() - EVICT_GRACE_S
+        for mtime, size, p in sorted(files):
             if total <= self.max_bytes:
+                break
+            if mtime >= recent:  # this and every later file were used within the grace period
+                logger.warning("cache %s: %d bytes, over its limit of %d: every file left was used in the "
+                               "last %g s", self.root, total, self.max_bytes, EVICT_GRACE_S)
                 break
             if p == keep:
                 continue

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import tensorstore_fs as tsfs
+from tensorstore_fs import cache as cache_module
 from tensorstore_fs.cache import ShardCache
 
 SCHEMA = tsfs.Schema([tsfs.Field("id", "int64"), tsfs.Field("x", "float32", (16,))])
@@ -104,7 +105,8 @@ def test_a_download_that_is_not_the_recorded_file_is_refused(s3, tmp_path):
     assert ds.storage.cache.size() == 0
 
 
-def test_least_recently_used_files_are_evicted(s3, url, tmp_path):
+def test_least_recently_used_files_are_evicted(s3, url, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "EVICT_GRACE_S", 0.0)
     ds = tsfs.open_dataset(url, storage_options=s3.storage_options(), cache_dir=str(tmp_path / "c"))
     biggest = max(s.bytes for s in ds.shards)
     ds.storage.cache.max_bytes = 2 * biggest  # room for two shards
@@ -112,3 +114,39 @@ def test_least_recently_used_files_are_evicted(s3, url, tmp_path):
     kept = [p.name for p in (tmp_path / "c").glob("*/*") if not p.name.endswith(".lock")]
     assert 1 <= len(kept) <= 2 and ds.storage.cache.size() <= 2 * biggest
     assert any(ds.shards[-1].path.split("/")[-1] in k for k in kept)  # the most recent stays
+
+
+def test_files_used_within_the_grace_period_are_kept(s3, url, tmp_path, caplog):
+    # a worker may have handed the main process the location of rows in any of them
+    ds = tsfs.open_dataset(url, storage_options=s3.storage_options(), cache_dir=str(tmp_path / "c"))
+    ds.storage.cache.max_bytes = 1
+    with caplog.at_level("WARNING", logger="tensorstore_fs.cache"):
+        np.testing.assert_array_equal(_ids(ds), np.arange(3000))
+    assert ds.storage.cache.size() == ds.nbytes
+    assert "over its limit of 1: every file left was used in the last 300 s" in caplog.text
+
+
+def test_dataloader_workers_hand_over_cached_rows_as_file_locations(s3, url, tmp_path, monkeypatch):
+    from torch.utils.data import DataLoader
+
+    from tensorstore_fs.readers import _torch_handoff
+    from tensorstore_fs.readers.torch import TorchDataset
+
+    located = []
+    real = _torch_handoff.file_tensor
+
+    def counted(rows):  # unpickled in this (the main) process
+        located.append(rows.paths)
+        return real(rows)
+
+    monkeypatch.setattr(_torch_handoff, "file_tensor", counted)
+    cache = tmp_path / "c"
+    for shuffle in (False, True):
+        reader = TorchDataset(url, batch_size=256, shuffle=shuffle, storage_options=s3.storage_options(),
+                              cache_dir=cache)
+        batches = list(DataLoader(reader, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
+        ids = np.concatenate([b["id"].numpy() for b in batches])
+        assert sorted(ids.tolist()) == list(range(len(ids))) and len(ids) >= 3000 - 256
+        for b in batches:
+            np.testing.assert_array_equal(b["x"].numpy(), _rows(3000)["x"][b["id"].numpy()])
+    assert located and all(str(p).startswith(str(cache)) for paths in located for p in paths)

@@ -67,7 +67,8 @@ class HeldFiles:
         if ra is None:
             yield from runs()
         elif ra.mode != "local":
-            ra.start(self._schedule(runs()))
+            first = next(runs(), None)
+            ra.start(self._schedule(runs()), now=self._together(first))
             yield from runs()
         else:
             ra.start()
@@ -77,11 +78,15 @@ class HeldFiles:
                 steps = list(self._schedule([run]))
                 if not run[0]:  # kept for run_done (a window's row groups are counted once)
                     self._steps[id(run[1])] = steps
-                ra.extend(steps)
+                ra.extend(steps, now=0 if run[0] else len(steps))
                 ahead.append(run)
                 if len(ahead) > LOCAL_RUNS_AHEAD:
                     yield ahead.popleft()
             yield from ahead
+
+    def _together(self, run: Run | None) -> int:
+        """Steps of ``run`` read at once when it starts (a gathered window's row groups)."""
+        return 0 if run is None or run[0] else sum(1 for _ in self._schedule([run]))
 
     def _schedule(self, runs: Iterable[Run]) -> Iterator[Use]:
         """The row groups the runs read, in the order reads first touch them, run by run."""
@@ -93,11 +98,11 @@ class HeldFiles:
                     n = min(hi, int(self._id_starts[u + 1])) - max(lo, int(self._id_starts[u]))
                     yield Use(int(self._unit_shard[u]), int(self._unit_rg[u]), n)
                 continue
+            # a gathered window reads its row groups at once, in storage order, when it starts
             units = np.searchsorted(self._id_starts, np.concatenate([ids for ids, _ in run]), side="right") - 1
-            uniq, first_at, counts = np.unique(units, return_index=True, return_counts=True)
-            for j in np.argsort(first_at, kind="stable"):
-                u = int(uniq[j])
-                yield Use(int(self._unit_shard[u]), int(self._unit_rg[u]), int(counts[j]))
+            uniq, counts = np.unique(units, return_counts=True)
+            for u, c in zip(uniq.tolist(), counts.tolist()):
+                yield Use(int(self._unit_shard[u]), int(self._unit_rg[u]), c)
 
     def consumed(self, ids: np.ndarray) -> None:
         """The consecutive rows ``ids`` of a contiguous run were handed out. Read-ahead hears of
@@ -112,7 +117,8 @@ class HeldFiles:
         self._report(hi)
 
     def run_done(self, run: Run) -> None:
-        """Every row of ``run`` was handed out (a window's row groups were all read when it started)."""
+        """Every row of ``run`` was handed out; a gathered window's (not contiguous) may be reported
+        as soon as its row groups are read, when it starts: nothing reads them again."""
         if self.readahead is None:
             return
         if run[0]:

@@ -127,6 +127,7 @@ class ReadAhead:
         self._resident: set[_Unit] = set()  # units fetched or being fetched
         self._schedule: list[_Unit] = []
         self._next = 0  # the schedule's next step to fetch for
+        self._now = 0  # steps before this one are needed at once (fetched whatever the ramp says)
         self._held = 0
         self._window = 0  # bytes the pass may read ahead so far (grows to the budget)
         self.fetched_bytes = 0  # bytes requested by read-ahead (object stores)
@@ -146,7 +147,8 @@ class ReadAhead:
     def _pending(self, shard: int) -> list[Future]:
         """Fetch tasks of the shard's row groups not finished yet (they attach its ranges). The
         reader needs bytes of the shard that nothing holds: if the schedule's next step is of
-        that shard, it is what the reader is at, and is fetched now whatever the budget says."""
+        that shard, it is what the reader is at, and is fetched now whatever the budget says —
+        read-ahead is behind the reader, so it also reads further ahead from now on."""
         with self._lock:
             pending = [u.task for u in self._by_shard.get(shard, ()) if u.task is not None and not u.task.done()]
             if not pending and self._next < len(self._schedule):
@@ -155,29 +157,33 @@ class ReadAhead:
                     self._submit(unit)
                     self._next += 1
                     pending.append(unit.task)
+                    self._window = min(self.budget, 2 * self._window + max(1, unit.cost))
+                    self._pump()
             return pending
 
-    def start(self, schedule: Iterable[Use] = ()) -> None:
+    def start(self, schedule: Iterable[Use] = (), now: int = 0) -> None:
         """Begin a pass reading ``schedule`` (what an earlier pass held and still needs is kept;
-        :meth:`extend` adds later steps)."""
+        :meth:`extend` adds later steps). Its first ``now`` steps are read at once (a gathered
+        window's row groups): they are all fetched in parallel, whatever the ramp-up says."""
         with self._lock:
             self._cancel_pending()
             for u in self._units.values():
                 u.uses.clear()
-            self._schedule, self._next, self._window = [], 0, 0
-            self._add(schedule)
+            self._schedule, self._next, self._window, self._now = [], 0, 0, 0
+            self._add(schedule, now)
             for unit in [u for u in self._units.values() if not u.uses]:
                 self._release(unit)
             self._pump()
 
-    def extend(self, schedule: Iterable[Use]) -> None:
-        """Append steps to the pass's schedule (a reader that plans as it goes)."""
+    def extend(self, schedule: Iterable[Use], now: int = 0) -> None:
+        """Append steps to the pass's schedule (a reader that plans as it goes); ``now`` as in
+        :meth:`start`, for a schedule that starts empty."""
         with self._lock:
-            self._add(schedule)
+            self._add(schedule, now if not self._schedule else 0)
             self._pump()
 
-    def _add(self, schedule: Iterable[Use]) -> None:
-        for use in schedule:
+    def _add(self, schedule: Iterable[Use], now: int = 0) -> None:
+        for i, use in enumerate(schedule):
             if use.rows <= 0:
                 continue
             key = (use.shard, use.row_group)
@@ -190,6 +196,8 @@ class ReadAhead:
             else:
                 unit.uses.append([len(self._schedule), use.rows])
                 self._schedule.append(unit)
+            if i < now:
+                self._now = len(self._schedule)
 
     def consumed(self, shard: int, row_group: int, rows: int) -> None:
         """The consumer took ``rows`` rows of a row group (in schedule order)."""
@@ -258,7 +266,7 @@ class ReadAhead:
                 self._next += 1
                 continue
             cost = self._estimate(unit)
-            if self._held and self._held + cost > min(self.budget, self._window):
+            if self._held and self._next >= self._now and self._held + cost > min(self.budget, self._window):
                 if self._window < self.budget or not self._evict(cost):
                     return
             self._submit(unit, cost)

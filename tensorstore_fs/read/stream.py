@@ -188,7 +188,9 @@ class PlannedStream:
                     tables = self._contiguous(files, int(batches[0][0][0]), sizes, cols)
                 else:
                     tables = self._gathered(files, cache, run_ids, sizes, cols)
-                for group, table in zip(groups, tables):
+                for g, (group, table) in enumerate(zip(groups, tables)):
+                    if g == 0 and not contiguous:  # the window's row groups are read: read ahead past them
+                        files.run_done((contiguous, batches))
                     if len(group) == 1:
                         ids, pad = group[0]
                     else:
@@ -207,7 +209,8 @@ class PlannedStream:
                     yield out, [len(i) for i, _ in group]
                     if contiguous:
                         files.consumed(ids)
-                files.run_done((contiguous, batches))
+                if contiguous:
+                    files.run_done((contiguous, batches))
         finally:
             if not keep_open:  # nothing of this process's files stays mapped (DataLoader workers)
                 cache.clear()

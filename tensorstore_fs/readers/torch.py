@@ -242,12 +242,10 @@ class TorchDataset(IterableDataset):
                                          storage_options=storage_options, cache_dir=cache_dir)
         self.rank, self.world_size = world.rank, world.world_size
         ds = self.stream.ds
-        # DataLoader workers send fixed-shape tensors of local shards as file locations
-        # (see tensorstore_fs.parquet.filemap); in-process reads map them privately
-        self._file_backed = file_backed and ds.storage.is_local
-        # in-process, rows of shards in the node-local cache are mapped too (a worker does not send
-        # their locations: the cache may evict a file before the main process maps it)
-        self._mapped = file_backed and (ds.storage.is_local or ds.storage.cache is not None)
+        # DataLoader workers send fixed-shape tensors of local shards, and of shards in the
+        # node-local cache (which never evicts a file used in the last EVICT_GRACE_S seconds), as
+        # file locations (see tensorstore_fs.parquet.filemap); in-process reads map them privately
+        self._file_backed = self._mapped = file_backed and (ds.storage.is_local or ds.storage.cache is not None)
         self.variable = variable
         # Nested tensors use the jagged layout where the schema allows it (only the first dimension
         # varies): the strided layout makes torch warn, also in the main process that unpickles
