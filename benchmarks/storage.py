@@ -33,6 +33,11 @@ every page of every batch (``consume.py``); ids are verified (each row exactly o
    shard files in 8 MiB reads; ``to_batches``, ``TorchDataset`` 0 and 2 workers sequential and
    shuffled; h5py sequential 256-row slices and windowed-shuffled batches.
 
+Ratios: the S3 readers and the cold-disk readers are divided by their reference timed *beside*
+each pass (a helper process runs one reference pass right before each reader pass: the download
+through the same path, or the evicted sequential read), so that the drift of a shared server or a
+virtual disk over the minutes of a run cancels out; the separate reference rows are kept.
+
 Results: ``storage.md`` and ``storage.json``.
 """
 
@@ -42,6 +47,7 @@ import argparse
 import importlib.util
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -53,7 +59,7 @@ from .data import BATCH, ROW_NBYTES
 from .harness import ROOT, Phase, RunInfo, header, in_fresh_process, log, md_table, ok, ratio, workdir, write_report
 
 TITLE = "tensorstore_fs storage benchmark: S3 and cold local disk"
-FULL = {"rows": 60_000, "repeat": 2, "warmup": 1, "delay_ms": 20.0}
+FULL = {"rows": 60_000, "repeat": 3, "warmup": 1, "delay_ms": 20.0}
 QUICK = {"rows": 4_500, "repeat": 1, "warmup": 1, "delay_ms": 20.0}
 TARGETS = {"s3": 0.8, "cache": 0.9, "bytes": 1.05, "cold": 0.9}
 FILTER_LABEL = 3
@@ -167,6 +173,48 @@ def _tsfs_pass(ds: Any, key: str) -> tuple[Callable[[int], PassOut], dict[str, A
     facts = {"window_rows": tds.spec.window_rows, "num_workers": nw, "shuffle": shuffle,
              "start_method": mp.get_start_method() if nw else None}
     return (lambda epoch: consume(dl, id_key="id")), facts, dl
+
+
+def _s3_ref(so: dict[str, Any], objects: list[tuple[str, int]], range_bytes: int, n: int
+            ) -> tuple[Callable[[int], PassOut], dict[str, Any]]:
+    """The transport's limit: every object in ``range_bytes`` ranges with one s3fs ``cat_ranges``."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **so)
+    paths, starts, ends = [], [], []
+    for p, size in objects:
+        for a in range(0, size, range_bytes):
+            paths.append(p)
+            starts.append(a)
+            ends.append(min(size, a + range_bytes))
+    payload = sum(size for _, size in objects)
+
+    def run(epoch: int) -> PassOut:
+        parts = fs.cat_ranges(paths, starts, ends)
+        bad = [b for b in parts if not isinstance(b, bytes)]
+        if bad:
+            raise bad[0] if isinstance(bad[0], BaseException) else TypeError(repr(bad[0]))
+        got = sum(len(b) for b in parts)
+        assert got == payload, (got, payload)
+        return PassOut(rows=n, ids=None, batches=len(paths))
+    return run, {"ranges": len(paths), "range_bytes": range_bytes, "objects": len(objects)}
+
+
+def _paired_ref_server(conn: Any, task: dict[str, Any]) -> None:
+    """A phase's paired reference (:func:`phase`): one timed reference pass per ``"run"`` sent,
+    the S3 download (``task["so"]`` given) or the cold sequential read (evicted first)."""
+    n = task["rows"]
+    if task.get("so"):
+        run = _s3_ref(task["so"], task["paired"], task["range_bytes"], n)[0]
+    else:
+        run = _seq_read(task["paired"], task["range_bytes"], n)
+    while conn.recv() == "run":
+        if not task.get("so"):
+            from .pagecache import evict
+            evict(task["paired"], task["evict"])
+        t0 = time.perf_counter()
+        run(0)
+        conn.send(time.perf_counter() - t0)
 
 
 def _seq_read(files: list[str], chunk: int, rows: int) -> Callable[[int], PassOut]:
@@ -287,36 +335,34 @@ def phase(task: dict[str, Any]) -> dict[str, Any]:
     ph = Phase(None, task["repeat"], task["warmup"])
     hooks: list[Callable[[], None]] = []
     proxy_passes: list[dict[str, Any]] = []
-    if task.get("ctl"):
-        hooks.append(_proxy_hook(task["ctl"], proxy_passes))
     facts: dict[str, Any] = {}
     close: Callable[[], None] = lambda: None  # noqa: E731
     expect_ids: str | None = "all"
     payload = n * ROW_NBYTES
     cold_files: list[str] = task.get("cold_files") or []
 
-    if kind == "s3_ref":
-        import s3fs
+    paired: list[float] = []
+    ref_proc: Any = None
+    if task.get("paired"):
+        # the reference, timed right before each pass of the reader in a helper process of its
+        # own (its memory is not the reader's): slow drift of the disk or the server cancels out
+        import multiprocessing as mp
 
-        fs = s3fs.S3FileSystem(skip_instance_cache=True, **task["so"])
-        paths, starts, ends = [], [], []
-        for p, size in task["objects"]:
-            for a in range(0, size, task["range_bytes"]):
-                paths.append(p)
-                starts.append(a)
-                ends.append(min(size, a + task["range_bytes"]))
+        conn, child = mp.get_context("spawn").Pipe()
+        ref_proc = mp.get_context("spawn").Process(target=_paired_ref_server, args=(child, task), daemon=True)
+        ref_proc.start()
+
+        def paired_ref() -> None:
+            conn.send("run")
+            paired.append(conn.recv())
+        hooks.append(paired_ref)  # before the proxy's counters are reset, and before the eviction
+
+    if task.get("ctl"):
+        hooks.append(_proxy_hook(task["ctl"], proxy_passes))
+    if kind == "s3_ref":
+        run, facts = _s3_ref(task["so"], task["objects"], task["range_bytes"], n)
         payload = sum(size for _, size in task["objects"])
         expect_ids = None
-
-        def run(epoch: int) -> PassOut:
-            parts = fs.cat_ranges(paths, starts, ends)
-            bad = [b for b in parts if not isinstance(b, bytes)]
-            if bad:
-                raise bad[0] if isinstance(bad[0], BaseException) else TypeError(repr(bad[0]))
-            got = sum(len(b) for b in parts)
-            assert got == payload, (got, payload)
-            return PassOut(rows=n, ids=None, batches=len(paths))
-        facts = {"ranges": len(paths), "range_bytes": task["range_bytes"], "objects": len(task["objects"])}
     elif kind == "disk_ref":
         files = task["files"]
         run = _seq_read(files, task["range_bytes"], n)
@@ -357,11 +403,16 @@ def phase(task: dict[str, Any]) -> dict[str, Any]:
         res["first_pass_s"], res["warmup_passes"] = ph.last_pass_s, ph.warmup
     finally:
         close()
+        if ref_proc is not None:
+            conn.send("quit")
+            ref_proc.join(timeout=60)
     if task.get("ctl"):
         from .latency_proxy import control
 
         proxy_passes.append(control(task["ctl"], "stats"))
         res["proxy_setup"], res["proxy_passes"] = proxy_passes[0], proxy_passes[1:]
+    if paired:
+        res["paired_ref_s"] = paired[-len(res["times_s"]):]  # those before the timed passes
     if cold_files:
         res["residency"] = residency
         res["evict_method"] = sorted(set(evicted))
@@ -475,9 +526,19 @@ def _gets(p: dict[str, Any]) -> int:
     return int(p["methods"].get("GET", 0))
 
 
+def _paired(e: dict[str, Any], ref: dict[str, Any] | None) -> tuple[float | None, str]:
+    """(ratio, cell): the reader's speed over the reference's passes timed right before each of
+    its own (``paired_ref_s``), else over the separate reference measure."""
+    times = e.get("paired_ref_s")
+    if not times:
+        return ratio(e, ref), "—"
+    ref_s = statistics.median(times)
+    return ref_s / e["median_s"], f"{e['rows'] / ref_s:,.0f}"
+
+
 def s3_table(r: dict[str, Any], delay: float, need_epoch: int | None) -> tuple[str, dict[str, Any]]:
-    head = ["path", "reader", "rows/s", "MB/s", "peak RSS MiB", "ratio vs transport limit", "target", "met?",
-            "requests / epoch", "MB down / epoch (× needed)"]
+    head = ["path", "reader", "rows/s", "MB/s", "peak RSS MiB", "reference beside it: rows/s",
+            "ratio vs transport limit", "target", "met?", "requests / epoch", "MB down / epoch (× needed)"]
     rows, summ = [], {}
     for path, label in (("direct", "direct to the server"), ("proxy", f"through the proxy, +{delay:g} ms a request")):
         ref = r.get(f"s3_{path}_ref")
@@ -485,9 +546,9 @@ def s3_table(r: dict[str, Any], delay: float, need_epoch: int | None) -> tuple[s
         entries += [(k, lab, r.get(f"s3_{path}_{k}")) for k, lab, *_ in READERS]
         for key, lab, e in entries:
             if not ok(e):
-                rows.append([label, lab, "—", "—", "—", "—", "—", _failed(e), "—", "—"])
+                rows.append([label, lab, "—", "—", "—", "—", "—", "—", _failed(e), "—", "—"])
                 continue
-            rt = 1.0 if key == "ref" else ratio(e, ref)
+            rt, beside = (1.0, "—") if key == "ref" else _paired(e, ref)
             met = None if key == "ref" or rt is None else rt >= TARGETS["s3"]
             if key != "ref":
                 summ[f"s3_{path}_{key}_ratio"] = rt
@@ -501,7 +562,7 @@ def s3_table(r: dict[str, Any], delay: float, need_epoch: int | None) -> tuple[s
                     down += f" ({p['body_down'] / need_epoch:.3f}×)"
                     if key != "ref":
                         summ[f"s3_proxy_{key}_bytes_over_needed"] = p["body_down"] / need_epoch
-            rows.append([label, lab, f"{e['rows_s']:,.0f}", _mbs(e), _rss(e), _r(rt, TARGETS["s3"]),
+            rows.append([label, lab, f"{e['rows_s']:,.0f}", _mbs(e), _rss(e), beside, _r(rt, TARGETS["s3"]),
                          "—" if key == "ref" else f">= {TARGETS['s3']}", _yn(met), req, down])
     return md_table(head, rows), summ
 
@@ -595,8 +656,9 @@ def writes_table(w: dict[str, Any], peers: dict[str, Any], n: int) -> str:
 
 
 def cold_table(r: dict[str, Any], range_bytes: int) -> tuple[str, dict[str, Any]]:
-    head = ["reader", "rows/s", "MB/s", "peak RSS MiB", "resident before a pass (max)", "ratio vs sequential read",
-            "target", "met?", "÷ h5py (same order)", "ahead of h5py?"]
+    head = ["reader", "rows/s", "MB/s", "peak RSS MiB", "resident before a pass (max)",
+            "reference beside it: rows/s", "ratio vs sequential read", "target", "met?", "÷ h5py (same order)",
+            "ahead of h5py?"]
     rows, summ = [], {}
     ref = r.get("cold_ref")
     h5 = {"seq": r.get("cold_h5py_seq"), "shuf": r.get("cold_h5py_shuf")}
@@ -606,9 +668,9 @@ def cold_table(r: dict[str, Any], range_bytes: int) -> tuple[str, dict[str, Any]
                 ("h5py_shuf", "h5py: windowed-shuffled batches (window = TorchDataset's)", h5["shuf"])]
     for key, lab, e in entries:
         if not ok(e):
-            rows.append([lab, "—", "—", "—", "—", "—", "—", _failed(e), "—", "—"])
+            rows.append([lab, "—", "—", "—", "—", "—", "—", "—", _failed(e), "—", "—"])
             continue
-        rt = 1.0 if key == "ref" else ratio(e, ref)
+        rt, beside = (1.0, "—") if key == "ref" else _paired(e, ref)
         ours = key not in ("ref", "h5py_seq", "h5py_shuf")
         met = rt >= TARGETS["cold"] if ours and rt is not None else None
         twin = h5["shuf" if key.endswith("shuf") else "seq"]
@@ -618,7 +680,7 @@ def cold_table(r: dict[str, Any], range_bytes: int) -> tuple[str, dict[str, Any]
             summ[f"cold_{key}_met"] = met
             summ[f"cold_{key}_over_h5py"] = vs
         res = f"{100 * e.get('max_resident_fraction', 0):.1f}%"
-        rows.append([lab, f"{e['rows_s']:,.0f}", _mbs(e), _rss(e), res, _r(rt, TARGETS["cold"]),
+        rows.append([lab, f"{e['rows_s']:,.0f}", _mbs(e), _rss(e), res, beside, _r(rt, TARGETS["cold"]),
                      f">= {TARGETS['cold']}" if ours else "—", _yn(met), _r(vs, 1.0),
                      _yn(None if vs is None else vs > 1.0)])
     return md_table(head, rows), summ
@@ -739,7 +801,8 @@ def main(args: argparse.Namespace) -> int:
                         f"s3 {path} reference"))
                     for key, *_ in READERS:
                         guarded(r, f"s3_{path}_{key}", lambda so=so, ctl=ctl, key=key, path=path: in_fresh_process(
-                            phase, {**base, "kind": "read", "url": url, "so": so, "ctl": ctl, "reader": key},
+                            phase, {**base, "kind": "read", "url": url, "so": so, "ctl": ctl, "reader": key,
+                                    "paired": objects},
                             f"s3 {path} {key}"))
                 for key, _ in OPS:
                     guarded(r, f"op_{key}", lambda key=key: in_fresh_process(
@@ -778,7 +841,7 @@ def main(args: argparse.Namespace) -> int:
             for key, *_ in READERS:
                 guarded(r, f"cold_{key}", lambda key=key: in_fresh_process(
                     phase, {**cold, "kind": "read", "url": str(work / "local"), "reader": key,
-                            "cold_files": local_files}, f"cold {key}"))
+                            "cold_files": local_files, "paired": local_files}, f"cold {key}"))
             if window is None:
                 window = r.get("cold_nw0_shuf", {}).get("window_rows") or 16 * BATCH
             for mode in ("seq", "shuf"):
