@@ -118,10 +118,13 @@ def tree_rss() -> dict[str, float]:
             "processes": len(pids)}
 
 
+NOT_MEASURED: set[int] = set()  # helper processes of a measure that are not the reader (e.g. a paired reference)
+
+
 class PeakRSS:
     """Peak RSS of a measure: made after setup (memory released, RSS noted, high-water mark reset);
     :meth:`read` = own ``VmHWM`` + ``VmHWM`` of every live descendant (forked workers count shared
-    pages again: an upper bound)."""
+    pages again: an upper bound), except the processes in :data:`NOT_MEASURED` and theirs."""
 
     def __init__(self) -> None:
         release_memory()
@@ -129,7 +132,8 @@ class PeakRSS:
         self.method = "VmHWM reset before the measure" if reset_hwm() else "VmHWM (whole process)"
 
     def read(self) -> dict[str, Any]:
-        kids = descendants()
+        skip = set(NOT_MEASURED).union(*(descendants(p) for p in NOT_MEASURED))
+        kids = [k for k in descendants() if k not in skip]
         peak = ((status_kib("VmHWM") or 0) + sum(status_kib("VmHWM", k) or 0 for k in kids)) / 1024
         return {"peak_rss_mib": peak, "rss_before_mib": self.before, "rss_delta_mib": peak - self.before,
                 "rss_method": self.method, "child_processes": len(kids)}

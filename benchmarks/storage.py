@@ -351,8 +351,13 @@ def phase(task: dict[str, Any]) -> dict[str, Any]:
         conn, child = mp.get_context("spawn").Pipe()
         ref_proc = mp.get_context("spawn").Process(target=_paired_ref_server, args=(child, task), daemon=True)
         ref_proc.start()
+        from .harness import NOT_MEASURED
+        NOT_MEASURED.add(ref_proc.pid)
 
         def paired_ref() -> None:
+            if cold_files:  # the reader's own maps keep pages resident: release them first
+                from .pagecache import evict
+                evict(cold_files, task["evict"])
             conn.send("run")
             paired.append(conn.recv())
         hooks.append(paired_ref)  # before the proxy's counters are reset, and before the eviction
