@@ -6,6 +6,8 @@
     tsfs head URL [-n 5] [--columns a,b]
     tsfs verify URL                    check every shard against its recorded size and CRC32C
     tsfs convert SRC DST --to hdf5|tfrecord|tsfs [--from tsfs|hdf5|tfrecord|petastorm]
+    tsfs vacuum URL [--dry-run] [--retain-versions N] [--older-than 1h]
+                                       delete orphans and old versions' files, print them and the bytes
 
 Errors exit with status 1 and one line ``tsfs: error: ...`` on stderr (2 for bad usage).
 """
@@ -154,6 +156,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    from .vacuum import vacuum
+
+    report = vacuum(args.url, args.retain_versions, args.older_than, dry_run=args.dry_run,
+                    progress=not args.no_progress and sys.stderr.isatty())
+    verb = "would remove" if report.dry_run else "removed"
+    for f in report.removed:
+        print(f"{verb} {f.path}  {f.bytes:,} bytes  ({f.reason})")
+    for rel in report.kept_recent:
+        print(f"kept {rel}  (younger than --older-than {args.older_than}: a writer may be writing it)")
+    if report.foreign:
+        print(f"left alone {len(report.foreign)} file(s) not written by tensorstore_fs (e.g. {report.foreign[0]})")
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsfs", description="Inspect and convert tensorstore_fs datasets.")
     parser.add_argument("--version", action="version", version=f"tensorstore_fs {__version__}")
@@ -188,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=None, dest="version", help="source dataset version (tsfs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("vacuum", help="delete files no retained version needs (orphans of killed writers, old versions)")
+    p.add_argument("url", help="dataset URL or path")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    p.add_argument("--retain-versions", type=int, default=None, metavar="N",
+                   help="keep the newest N versions and delete the others (default: keep every version)")
+    p.add_argument("--older-than", default="1h", metavar="DURATION",
+                   help="never delete a file younger than this, e.g. 30m, 1h, 7d, 0 (default 1h: a running writer's files survive)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_vacuum)
     return parser
 
 

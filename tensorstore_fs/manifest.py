@@ -217,8 +217,12 @@ def load_manifest(storage: Storage, version: int | None = None) -> Manifest:
             raise DatasetNotFoundError(f"{storage.url} is not a tensorstore_fs dataset (no {META_DIR}/ manifest)")
     rel = manifest_path(version)
     if not storage.exists(rel):
-        if latest_version(storage) is None:
+        newest = latest_version(storage)
+        if newest is None:
             raise DatasetNotFoundError(f"{storage.url} is not a tensorstore_fs dataset (no {META_DIR}/ manifest)")
+        if version < newest:  # versions are consecutive: an older one is missing only once removed
+            raise DatasetNotFoundError(f"{storage.url}: version {version} does not exist any more: it was removed "
+                                       f"(vacuum deletes the versions it does not retain); the newest is {newest}")
         raise DatasetNotFoundError(f"{storage.url}: version {version} does not exist")
     m = Manifest.from_json(storage.read_bytes(rel), where=f"{storage.url}/{rel}")
     if m.version != version:

@@ -125,12 +125,14 @@ class LocalShardSink:
         self._pending.append(self._pool.submit(self._checksum_upto, self.stream.tell()))
 
     def finish(self) -> tuple[int, int]:
-        """Close; wait for the checksum; return ``(size, crc32c)``."""
+        """Close; flush the file to the disk (fsync) while the checksum completes; return
+        ``(size, crc32c)``. The writer commits only files that reached the disk."""
         if not self.stream.closed:
             self.stream.close()
         size = os.path.getsize(self.path)
         self._pending.append(self._pool.submit(self._checksum_upto, size))
         try:
+            os.fsync(self._fd)  # the file's data and size; a read-only descriptor suffices on Linux
             for f in self._pending:
                 f.result()
         finally:

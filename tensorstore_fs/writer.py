@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import random
 import time
 import uuid
@@ -24,12 +25,14 @@ from .errors import (
     DatasetExistsError,
     InvalidArgumentError,
     SchemaError,
+    StorageError,
 )
-from .manifest import (SHARD_DIR, Manifest, RowGroupInfo, ShardInfo, commit_manifest, latest_version, load_manifest,
+from .manifest import (META_DIR, SHARD_DIR, Manifest, RowGroupInfo, ShardInfo, commit_manifest, latest_version, load_manifest,
                        now_iso)
 from .parquet.pages import locatable
 from .schema import Schema
 from .storage import LocalShardSink, Storage
+from .vacuum import fsync_dir, library_orphans_only
 
 __all__ = ["DatasetWriter", "write_dataset", "MODES"]
 
@@ -221,11 +224,12 @@ class DatasetWriter:
                     f"{self.storage.url} already holds a dataset (version {existing}); "
                     "pass mode='overwrite' or mode='append'"
                 )
-            if self.storage.is_nonempty_dir():
+            if self.storage.is_nonempty_dir() and not library_orphans_only(self.storage):
                 raise DatasetExistsError(f"{self.storage.url} exists and is not empty; refusing to write there")
             return
         if existing is None:
-            if self.mode == "overwrite" and self.storage.is_nonempty_dir():
+            # leftovers of a writer killed while creating the dataset count as empty (vacuum removes them)
+            if self.mode == "overwrite" and self.storage.is_nonempty_dir() and not library_orphans_only(self.storage):
                 raise DatasetExistsError(
                     f"{self.storage.url} is a non-empty directory that is not a tensorstore_fs dataset; "
                     "refusing to overwrite files we did not write"
@@ -404,8 +408,48 @@ class DatasetWriter:
 
     commit = close
 
+    def _make_durable(self) -> None:
+        """Before the commit: on a local disk, flush the directory entries of the new shard files
+        (their data was fsynced as each file was finished, :class:`LocalShardSink`), of ``data/``
+        and ``_tsfs/`` in the root, and of the root itself when this write creates the dataset, so
+        that a committed manifest never names a file a power loss could take back. Object stores
+        need nothing: an upload is durable when it completes. Then check that every shard file
+        of this write is still there (a vacuum run with too short a safety age must not make this
+        writer commit a version naming a deleted file)."""
+        st = self.storage
+        with st._op("syncing before the commit"):
+            if st.is_local:
+                os.makedirs(st.path(META_DIR), exist_ok=True)
+                dirs = ([st.path(SHARD_DIR)] if self._shards else []) + [st.root]
+                if self._parent is None:  # a new dataset: its root's entry in the parent directory too
+                    dirs.append(os.path.dirname(os.path.abspath(st.root)))
+                for d in dirs:
+                    fsync_dir(d)
+                missing = [s.path for s in self._shards if not os.path.exists(st.path(s.path))]
+            elif self._shards:
+                st.fs.invalidate_cache(st.path(SHARD_DIR))
+                listed = {p.rstrip("/").rsplit("/", 1)[-1] for p in st.fs.find(st.path(SHARD_DIR))}
+                missing = [s.path for s in self._shards if s.path.rsplit("/", 1)[-1] not in listed]
+            else:
+                missing = []
+        if missing:
+            raise StorageError(f"{st.url}: {len(missing)} shard file(s) this writer wrote vanished before the commit "
+                               f"(e.g. {missing[0]}; removed by a vacuum with too short a safety age, or by hand); "
+                               "nothing was committed")
+
+    def _sync_commit(self) -> None:
+        """After the commit: on a local disk, flush ``_tsfs/`` so the new manifest's name is durable.
+        The version is committed already: a failure here is logged, never an abort (which would
+        delete the shards a visible version names)."""
+        if self.storage.is_local:
+            try:
+                fsync_dir(self.storage.path(META_DIR))
+            except OSError as e:
+                logger.warning("%s: committed, but could not flush %s to the disk: %s", self.storage.url, META_DIR, e)
+
     def _commit(self) -> Manifest:
         assert self.schema is not None
+        self._make_durable()
         parent = self._parent
         for attempt in range(_COMMIT_RETRIES):
             version = (parent.version if parent else 0) + 1
@@ -421,6 +465,7 @@ class DatasetWriter:
             )
             try:
                 commit_manifest(self.storage, manifest)
+                self._sync_commit()
                 logger.info("%s: committed version %d (%d rows, %d new shards)", self.storage.url, version,
                             manifest.rows, len(shards))
                 return manifest

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "_checks", "_crc", "_pool", "_progress", "schema", "ragged", "predicates", "world", "plan",
               "columns"}),
     ("parquet", {"parquet"}),
-    ("format", {"encoding", "manifest", "storage", "remote", "cache"}),
+    ("format", {"encoding", "manifest", "storage", "remote", "cache", "vacuum"}),
     ("read", {"read"}),
     ("write", {"writer"}),
     ("top", {"readers", "converters", "cli", "audit", "quality", "__init__"}),

@@ -92,6 +92,17 @@ class Dataset:
         latest = latest_version(self.storage) or self.version
         return [v for v in range(1, latest + 1) if self.storage.exists(manifest_path(v))]
 
+    def vacuum(self, retain_versions: int | None = None, older_than: Any = None, *, dry_run: bool = False) -> Any:
+        """Delete the files of this dataset (all versions, not only this one) that no retained
+        version needs: orphans of killed writers, temporary files, and with ``retain_versions``
+        the manifests and shards of older versions (:func:`tensorstore_fs.vacuum.vacuum`, which
+        documents the arguments; ``older_than`` defaults to 1 hour). Returns a
+        :class:`~tensorstore_fs.vacuum.VacuumReport`."""
+        from ..vacuum import DEFAULT_OLDER_THAN_S, vacuum
+
+        return vacuum(self.storage, retain_versions,
+                      DEFAULT_OLDER_THAN_S if older_than is None else older_than, dry_run=dry_run)
+
     # -- reading -----------------------------------------------------------------------------------
     def scanner(
         self,
