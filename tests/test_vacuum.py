@@ -227,6 +227,11 @@ def test_the_newest_version_stays_openable_with_a_stale_hint(tmp_path):
     assert (root / LATEST).read_text() == "4"
     ds = tsfs.open_dataset(str(root))
     assert ds.version == 4 and np.array_equal(ids_of(ds), np.arange(30, 40))
+    for hint in ("", "garbage"):  # a lost or damaged hint: the oldest manifest left is found by listing
+        (root / LATEST).write_text(hint)
+        assert tsfs.open_dataset(str(root)).version == 4
+    (root / LATEST).unlink()
+    assert tsfs.open_dataset(str(root)).version == 4
 
 
 def test_vacuum_on_memory_filesystem():
