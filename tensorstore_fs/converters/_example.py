@@ -20,6 +20,7 @@ The reader accepts both packed and unpacked repeated numbers and fields in any o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any, Callable, Mapping, Optional
@@ -161,6 +162,8 @@ def _parse_canonical(b: bytes) -> dict[bytes, tuple[int, list[memoryview]]]:
         raise _Unusual
     while pos < end:
         pos, entry_end = _ld_at(b, pos, 0x0A)
+        if entry_end > end:  # a length past its message: the general parser names the damage
+            raise _Unusual
         pos, key_end = _ld_at(b, pos, 0x0A)
         key = b[pos:key_end]
         pos, feature_end = _ld_at(b, key_end, 0x12)
@@ -526,7 +529,10 @@ def _row_shape(f: Feature, c: Any, shape_entry: Entry, i: int, where: Callable[[
         return (len(c) // _le(f.stored_dtype).itemsize,)
     if shape_entry is None or shape_entry[0] != INT64:
         raise _fail(where, i, f, f"shape feature {f.shape_key!r} is missing or not an int64_list")
-    shape = tuple(decode_varints(b"".join(shape_entry[1])).tolist())
+    try:
+        shape = tuple(decode_varints(b"".join(shape_entry[1])).tolist())
+    except WireError as e:
+        raise _corrupt(where, i, f, f"shape feature {f.shape_key!r}: {e}") from None
     if len(shape) != len(f.shape) or any(d is not None and d != s for d, s in zip(f.shape, shape)) \
             or any(s < 0 for s in shape):
         raise _fail(where, i, f, f"shape {shape} does not match {f.shape}")
@@ -541,9 +547,9 @@ def _dec_raw_variable(f: Feature, chunks: list[Any], shapes: list[Entry], where:
             out.append(None)
             continue
         shape = _row_shape(f, c, shapes[i], i, where)
-        if int(np.prod(shape)) * itemsize != len(c):
-            raise _fail(where, i, f, f"holds {len(c)} bytes, shape {shape} of {f.dtype} needs "
-                                     f"{int(np.prod(shape)) * itemsize}")
+        need = math.prod(shape) * itemsize  # Python ints: a hostile shape cannot wrap around to match
+        if need != len(c):
+            raise _fail(where, i, f, f"holds {len(c)} bytes, shape {shape} of {f.dtype} needs {need}")
         out.append(_from_raw(f, c).reshape(shape))
     return out
 

@@ -3,12 +3,19 @@
 Petastorm stores its schema as a pickle in the ``_common_metadata`` footer. Unpickling that with
 ``pickle.loads`` lets whoever wrote the dataset run any code (``os.system`` through ``REDUCE``);
 Petastorm's own "restricted" unpickler allows every name in ``builtins`` and ``numpy``, ``eval``
-included. Here :func:`_interpret` — a small evaluator over opcodes decoded by :func:`_genops` (the
-``pickle`` and ``pickletools`` modules are never imported) — resolves an explicit list of ``(module, name)`` pairs
-to *local stand-ins* that only record the pickled state: nothing from petastorm, pyspark or numpy
-is imported, and the only callables a pickle can reach (through ``REDUCE``, ``NEWOBJ``, ``INST``
-and ``OBJ``; ``EXT`` and persistent ids are refused) are the stand-ins' own small constructors.
+included. Here :func:`._pickle_vm.interpret` — a small evaluator over opcodes decoded by
+:func:`._pickle_vm.genops` (the ``pickle`` and ``pickletools`` modules are never imported) — resolves
+an explicit list of ``(module, name)`` pairs to *local stand-ins* that only record the pickled
+state: nothing from petastorm, pyspark or numpy is imported, and the only callables a pickle can
+reach (through ``REDUCE``, ``NEWOBJ``, ``INST`` and ``OBJ``; ``EXT`` and persistent ids are refused)
+are the stand-ins' own small constructors.
 Everything else is refused with an error naming the ``module.name`` it asked for.
+
+Every load is bounded (:class:`~._pickle_vm.UnpickleLimits`: bytes, opcodes, memo entries, items
+per container, nesting depth, expanded size counting shared references, integer size): a pickle past
+a limit raises :class:`CorruptDatasetError` naming the file and the limit. State (``BUILD``) may only
+be given to fresh stand-in instances created by the same load, never to a class, an allow-listed
+object or a function: :class:`UnsupportedFormatError`. So no pickle can change how a later one is read.
 
 The recorded state is then validated into frozen :class:`PetastormField` / :class:`PetastormSchema`
 value objects, which map onto a tensorstore_fs :class:`~tensorstore_fs.schema.Schema`.
@@ -16,19 +23,21 @@ value objects, which map onto a tensorstore_fs :class:`~tensorstore_fs.schema.Sc
 
 from __future__ import annotations
 
-import codecs
 import logging
-import struct
+import reprlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import CorruptDatasetError, InvalidArgumentError, UnsupportedFormatError
 from ..schema import DTYPES, Field, Schema
+from ._pickle_vm import DEFAULT_LIMITS, Forbidden, LimitExceeded, Refused, UnpickleLimits, interpret
+from ._pickle_vm import genops as _genops  # noqa: F401 - the opcode decoder, tested against pickletools
 
-__all__ = ["UNISCHEMA_KEY", "PetastormField", "PetastormSchema", "parse_unischema", "ALLOWED_GLOBALS"]
+__all__ = ["UNISCHEMA_KEY", "PetastormField", "PetastormSchema", "parse_unischema", "ALLOWED_GLOBALS",
+           "UnpickleLimits"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +47,14 @@ CODECS = ("ScalarCodec", "NdarrayCodec", "CompressedNdarrayCodec", "CompressedIm
 _LEGACY_PACKAGES = ("av.ml.dataset_toolkit", "av.experimental.deepdrive.dataset_toolkit")
 
 
-class _Refused(Exception):
-    """A pickle asked for something outside the allow-list (becomes UnsupportedFormatError)."""
+_Refused = Refused  # a pickle asked for something outside the allow-list (becomes UnsupportedFormatError)
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+
+
+def _short(value: Any) -> str:
+    """A bounded repr of a pickled value for error messages (never walks a whole hostile value)."""
+    return _SHORT.repr(value)
 
 
 # -------------------------------------------------------------------------------------------
@@ -242,255 +257,13 @@ def _find_class(module: str, name: str) -> Any:
         raise _Refused(f"{module}.{name}") from None
 
 
-def _text(value: str) -> str:
-    """Python 2 ``str`` opcodes, decoded the way ``pickle.loads(..., encoding="utf-8")`` would."""
-    try:
-        return value.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return value
-
-
 def _build(obj: Any, state: Any) -> None:
-    """The BUILD opcode on a stand-in: ``__setstate__``, else plain attribute state."""
-    setstate = getattr(type(obj), "__setstate__", None)
-    if setstate is not None and setstate is not getattr(object, "__setstate__", None):
-        obj.__setstate__(state)
-        return
-    slots = None
-    if isinstance(state, tuple) and len(state) == 2:
-        state, slots = state
-    for mapping in (state, slots):
-        if mapping is None:
-            continue
-        if not isinstance(mapping, dict) or not all(isinstance(k, str) for k in mapping):
-            raise _Refused(f"state of {type(obj).__name__}")
-        for k, v in mapping.items():
-            setattr(obj, k, v)
-
-
-_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
-_VALUES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
-           "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8",
-           "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"}
-
-
-# Pickle opcodes this reader understands: byte -> (name, argument kind). Decoded here rather
-# than with the pickle / pickletools modules, so nothing in the library can ever unpickle.
-_OPCODES: dict[int, tuple[str, str]] = {ord(c): v for c, v in {
-    "(": ("MARK", ""), ".": ("STOP", ""), "0": ("POP", ""), "1": ("POP_MARK", ""), "2": ("DUP", ""),
-    "F": ("FLOAT", "line"), "I": ("INT", "line"), "J": ("BININT", "i4"), "K": ("BININT1", "u1"),
-    "L": ("LONG", "line"), "M": ("BININT2", "u2"), "N": ("NONE", ""), "P": ("PERSID", "line"),
-    "Q": ("BINPERSID", ""), "R": ("REDUCE", ""), "S": ("STRING", "line"), "T": ("BINSTRING", "b4"),
-    "U": ("SHORT_BINSTRING", "b1"), "V": ("UNICODE", "line"), "X": ("BINUNICODE", "b4"),
-    "a": ("APPEND", ""), "b": ("BUILD", ""), "c": ("GLOBAL", "2lines"), "d": ("DICT", ""),
-    "}": ("EMPTY_DICT", ""), "e": ("APPENDS", ""), "g": ("GET", "line"), "h": ("BINGET", "u1"),
-    "i": ("INST", "2lines"), "j": ("LONG_BINGET", "u4"), "l": ("LIST", ""), "]": ("EMPTY_LIST", ""),
-    "o": ("OBJ", ""), "p": ("PUT", "line"), "q": ("BINPUT", "u1"), "r": ("LONG_BINPUT", "u4"),
-    "s": ("SETITEM", ""), "t": ("TUPLE", ""), ")": ("EMPTY_TUPLE", ""), "u": ("SETITEMS", ""),
-    "G": ("BINFLOAT", "f8"), "B": ("BINBYTES", "b4"), "C": ("SHORT_BINBYTES", "b1"),
-    "\x80": ("PROTO", "u1"), "\x81": ("NEWOBJ", ""), "\x82": ("EXT1", "u1"), "\x83": ("EXT2", "u2"),
-    "\x84": ("EXT4", "i4"), "\x85": ("TUPLE1", ""), "\x86": ("TUPLE2", ""), "\x87": ("TUPLE3", ""),
-    "\x88": ("NEWTRUE", ""), "\x89": ("NEWFALSE", ""), "\x8a": ("LONG1", "long1"),
-    "\x8b": ("LONG4", "long4"), "\x8c": ("SHORT_BINUNICODE", "b1"), "\x8d": ("BINUNICODE8", "b8"),
-    "\x8e": ("BINBYTES8", "b8"), "\x8f": ("EMPTY_SET", ""), "\x90": ("ADDITEMS", ""),
-    "\x91": ("FROZENSET", ""), "\x92": ("NEWOBJ_EX", ""), "\x93": ("STACK_GLOBAL", ""),
-    "\x94": ("MEMOIZE", ""), "\x95": ("FRAME", "u8"), "\x96": ("BYTEARRAY8", "b8"),
-    "\x97": ("NEXT_BUFFER", ""), "\x98": ("READONLY_BUFFER", ""),
-}.items()}
-_SIZED = {"u1": ("<B", 1), "u2": ("<H", 2), "i4": ("<i", 4), "u4": ("<I", 4), "u8": ("<Q", 8), "f8": (">d", 8)}
-_LENGTH = {"b1": ("<B", 1), "b4": ("<I", 4), "b8": ("<Q", 8), "long1": ("<B", 1), "long4": ("<i", 4)}
-
-
-def _line_value(name: str, raw: bytes) -> Any:
-    text = raw.decode("latin-1")
-    if name == "INT":  # protocol 0 writes booleans as INT 00 / 01
-        return {"00": False, "01": True}[text] if text in ("00", "01") else int(text)
-    if name == "LONG":
-        return int(text[:-1] if text.endswith("L") else text)
-    if name == "FLOAT":
-        return float(text)
-    if name == "UNICODE":
-        return raw.decode("raw-unicode-escape")
-    if name == "STRING":
-        if len(text) < 2 or text[0] != text[-1] or text[0] not in "'\"":
-            raise ValueError("STRING opcode argument is not quoted")
-        return codecs.escape_decode(raw[1:-1])[0].decode("latin-1")
-    if name in ("GET", "PUT"):
-        return int(text)
-    return text
-
-
-def _genops(data: bytes) -> Iterator[tuple[str, Any]]:
-    """``(opcode name, decoded argument)`` for each opcode of a pickle — decoding only."""
-    view = memoryview(data)
-    pos, end = 0, len(data)
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        if pos + n > end:
-            raise ValueError("pickle is truncated")
-        chunk = bytes(view[pos:pos + n])
-        pos += n
-        return chunk
-
-    def line() -> bytes:
-        nonlocal pos
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            raise ValueError("pickle is truncated")
-        chunk, pos = data[pos:nl], nl + 1
-        return chunk
-
-    while pos < end:
-        code = data[pos]
-        pos += 1
-        if code not in _OPCODES:
-            raise ValueError(f"unknown pickle opcode {code:#x}")
-        name, kind = _OPCODES[code]
-        if not kind:
-            arg: Any = None
-        elif kind == "line":
-            arg = _line_value(name, line())
-        elif kind == "2lines":
-            arg = line().decode("utf-8") + " " + line().decode("utf-8")
-        elif kind in _SIZED:
-            fmt, n = _SIZED[kind]
-            arg = struct.unpack(fmt, take(n))[0]
-        else:
-            fmt, n = _LENGTH[kind]
-            size = struct.unpack(fmt, take(n))[0]
-            if size < 0:
-                raise ValueError("negative length in pickle")
-            raw = take(size)
-            if kind in ("long1", "long4"):
-                arg = int.from_bytes(raw, "little", signed=True)
-            elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"):
-                arg = raw.decode("utf-8", "surrogatepass")
-            elif name in ("BINSTRING", "SHORT_BINSTRING"):
-                arg = raw.decode("latin-1")
-            else:
-                arg = raw
-        yield name, arg
-        if name == "STOP":
-            return
-
-
-def _interpret(data: bytes) -> Any:
-    """Evaluate a pickle with no ``pickle`` module: :func:`_genops` only decodes opcodes, and
-    this loop gives meaning to the small subset a Petastorm schema uses. Every global comes
-    from :func:`_find_class` (the allow-list of inert stand-ins), so the only callables a pickle
-    can reach are those stand-ins; persistent ids, extension codes and out-of-band buffers are
-    refused."""
-    stack: list[Any] = []
-    marks: list[int] = []
-    memo: dict[int, Any] = {}
-
-    def pop_mark() -> list[Any]:
-        start = marks.pop()
-        items = stack[start:]
-        del stack[start:]
-        return items
-
-    for name, arg in _genops(data):
-        if name in ("PROTO", "FRAME"):
-            continue
-        if name == "STOP":
-            if len(stack) != 1:
-                raise ValueError("pickle ends with a malformed stack")
-            return stack[0]
-        if name in _CONSTANTS:
-            stack.append(_CONSTANTS[name])
-        elif name in _VALUES:
-            stack.append(arg)
-        elif name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
-            stack.append(_text(arg))
-        elif name == "MARK":
-            marks.append(len(stack))
-        elif name == "POP":
-            stack.pop()
-        elif name == "POP_MARK":
-            pop_mark()
-        elif name == "DUP":
-            stack.append(stack[-1])
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[arg] = stack[-1]
-        elif name == "MEMOIZE":
-            memo[len(memo)] = stack[-1]
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(memo[arg])
-        elif name == "EMPTY_LIST":
-            stack.append([])
-        elif name == "EMPTY_DICT":
-            stack.append({})
-        elif name == "EMPTY_TUPLE":
-            stack.append(())
-        elif name == "EMPTY_SET":
-            stack.append(set())
-        elif name == "LIST":
-            stack.append(pop_mark())
-        elif name == "TUPLE":
-            stack.append(tuple(pop_mark()))
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = int(name[-1])
-            items = tuple(stack[-n:])
-            del stack[-n:]
-            stack.append(items)
-        elif name == "DICT":
-            items = pop_mark()
-            stack.append(dict(zip(items[::2], items[1::2])))
-        elif name == "FROZENSET":
-            stack.append(frozenset(pop_mark()))
-        elif name == "APPEND":
-            value = stack.pop()
-            stack[-1].append(value)
-        elif name == "APPENDS":
-            items = pop_mark()
-            stack[-1].extend(items)
-        elif name == "ADDITEMS":
-            items = pop_mark()
-            stack[-1].update(items)
-        elif name == "SETITEM":
-            value, key = stack.pop(), stack.pop()
-            stack[-1][key] = value
-        elif name == "SETITEMS":
-            items = pop_mark()
-            target = stack[-1]
-            for k, v in zip(items[::2], items[1::2]):
-                target[k] = v
-        elif name == "GLOBAL":
-            module, _, attr = arg.partition(" ")
-            stack.append(_find_class(module, attr))
-        elif name == "STACK_GLOBAL":
-            attr, module = stack.pop(), stack.pop()
-            if not isinstance(module, str) or not isinstance(attr, str):
-                raise _Refused("a global named by non-strings")
-            stack.append(_find_class(module, attr))
-        elif name == "REDUCE":
-            args = stack.pop()
-            func = stack.pop()
-            stack.append(func(*args))
-        elif name == "NEWOBJ":
-            args = stack.pop()
-            cls = stack.pop()
-            stack.append(cls.__new__(cls, *args))
-        elif name == "NEWOBJ_EX":
-            kwargs, args = stack.pop(), stack.pop()
-            cls = stack.pop()
-            stack.append(cls.__new__(cls, *args, **kwargs))
-        elif name in ("INST", "OBJ"):
-            items = pop_mark()
-            if name == "INST":
-                module, _, attr = arg.partition(" ")
-                cls = _find_class(module, attr)
-            else:
-                cls, items = items[0], items[1:]
-            stack.append(cls(*items) if items or not isinstance(cls, type) else cls.__new__(cls))
-        elif name == "BUILD":
-            state = stack.pop()
-            _build(stack[-1], state)
-        else:  # PERSID, BINPERSID, EXT1/2/4, BYTEARRAY8, NEXT_BUFFER, READONLY_BUFFER, ...
-            raise _Refused(f"pickle opcode {name}")
-    raise ValueError("pickle has no STOP opcode")
+    """The BUILD opcode: ``__setstate__`` of a stand-in instance (the interpreter has checked that
+    this load created it). Nothing else ever gets attributes set: not classes, not functions, not
+    allow-listed objects, not other values."""
+    if not isinstance(obj, (_Record, _UnischemaField)) or isinstance(obj, type):
+        raise Forbidden(f"BUILD (setting state) on a {type(obj).__name__}, which is not a Petastorm schema object")
+    obj.__setstate__(state)
 
 
 # -------------------------------------------------------------------------------------------
@@ -622,7 +395,8 @@ class PetastormSchema:
 
 def _spark_type_repr(t: Any, field: str) -> str:
     if not isinstance(t, _SparkType):
-        raise CorruptDatasetError(f"field {field!r}: ScalarCodec holds {t!r}, not a pyspark.sql.types type")
+        raise CorruptDatasetError(
+            f"field {_short(field)}: ScalarCodec holds {_short(t)}, not a pyspark.sql.types type")
     name = t.pickled_name.rsplit(".", 1)[1]
     if name == "DecimalType":
         return f"DecimalType({t.state.get('precision', 10)},{t.state.get('scale', 0)})"
@@ -632,26 +406,26 @@ def _spark_type_repr(t: Any, field: str) -> str:
 def _parse_shape(shape: Any, field: str) -> tuple[int | None, ...]:
     if not isinstance(shape, (tuple, list)) or not all(
             d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in shape):
-        raise CorruptDatasetError(f"field {field!r}: shape {shape!r} is not a tuple of ints and None")
+        raise CorruptDatasetError(f"field {_short(field)}: shape {_short(shape)} is not a tuple of ints and None")
     return tuple(d if d else None for d in shape)  # Petastorm treats 0 like None (_is_compliant_shape)
 
 
 def _parse_field(key: Any, raw: Any) -> PetastormField:
     if not isinstance(raw, _UnischemaField) or not 3 <= len(raw) <= 5:
-        raise CorruptDatasetError(f"Unischema entry {key!r} is not a UnischemaField")
+        raise CorruptDatasetError(f"Unischema entry {_short(key)} is not a UnischemaField")
     name, dtype, shape = raw[0], raw[1], raw[2]
     codec = raw[3] if len(raw) > 3 else None
     nullable = raw[4] if len(raw) > 4 else False
     if not isinstance(name, str) or name != key:
-        raise CorruptDatasetError(f"Unischema entry {key!r} holds a field named {name!r}")
+        raise CorruptDatasetError(f"Unischema entry {_short(key)} holds a field named {_short(name)}")
     if isinstance(dtype, _DtypeRef):
         dtype = dtype.type_ref()
     if not isinstance(dtype, _TypeRef):
-        raise CorruptDatasetError(f"field {name!r}: numpy_dtype {dtype!r} is not a type")
+        raise CorruptDatasetError(f"field {_short(name)}: numpy_dtype {_short(dtype)} is not a type")
     if codec is not None and not isinstance(codec, _Codec):
-        raise CorruptDatasetError(f"field {name!r}: codec {codec!r} is not a Petastorm codec")
+        raise CorruptDatasetError(f"field {_short(name)}: codec {_short(codec)} is not a Petastorm codec")
     if not isinstance(nullable, (bool, int)):
-        raise CorruptDatasetError(f"field {name!r}: nullable {nullable!r} is not a bool")
+        raise CorruptDatasetError(f"field {_short(name)}: nullable {_short(nullable)} is not a bool")
     codec_name = codec.pickled_name.rsplit(".", 1)[1] if codec is not None else None
     extra: dict[str, Any] = {}
     if codec_name == "ScalarCodec":
@@ -660,16 +434,25 @@ def _parse_field(key: Any, raw: Any) -> PetastormField:
         fmt = codec.state.get("_image_codec", ".png")
         quality = codec.state.get("_quality", 80)
         if not isinstance(fmt, str) or not isinstance(quality, int):
-            raise CorruptDatasetError(f"field {name!r}: CompressedImageCodec state {codec.state!r} is invalid")
+            raise CorruptDatasetError(
+                f"field {_short(name)}: CompressedImageCodec state {_short(codec.state)} is invalid")
         fmt = fmt.lstrip(".").lower()
         extra.update(image_format="jpeg" if fmt == "jpg" else fmt, image_quality=quality)
     return PetastormField(name, dtype.qualname, dtype.kind, _parse_shape(shape, name), codec_name,
                           bool(nullable), **extra)
 
 
-def _load(data: bytes, source: str) -> Any:
+def _load(data: bytes, source: str, limits: UnpickleLimits) -> Any:
     try:
-        return _interpret(data)
+        return interpret(data, _find_class, _build, limits)
+    except LimitExceeded as e:
+        raise CorruptDatasetError(
+            f"{source}: the Petastorm schema pickle exceeds a safety limit: {e}; refusing to read it "
+            "(no Petastorm schema comes near it: the file is damaged or hostile)") from None
+    except Forbidden as e:
+        raise UnsupportedFormatError(
+            f"{source}: the Petastorm schema pickle tries {e}; refusing to unpickle it (a dataset must never "
+            "change the library's state)") from None
     except _Refused as e:
         raise UnsupportedFormatError(
             f"{source}: the Petastorm schema pickle asks for {e}, which is not on the allow-list of "
@@ -682,7 +465,8 @@ def _load(data: bytes, source: str) -> Any:
             f"{source}: the Petastorm schema pickle cannot be read: {type(e).__name__}: {e}") from None
 
 
-def parse_unischema(data: bytes, source: str = "Petastorm schema") -> PetastormSchema:
+def parse_unischema(data: bytes, source: str = "Petastorm schema",
+                     limits: UnpickleLimits = DEFAULT_LIMITS) -> PetastormSchema:
     """Read a pickled Petastorm ``Unischema`` safely.
 
     Parameters
@@ -691,19 +475,25 @@ def parse_unischema(data: bytes, source: str = "Petastorm schema") -> PetastormS
         The pickle (the ``dataset-toolkit.unischema.v1`` value of ``_common_metadata``).
     source : str
         Where it came from, for error messages.
+    limits : UnpickleLimits
+        Bounds on the load (bytes, opcodes, memo, items per container, depth, expanded size).
 
     Raises
     ------
     UnsupportedFormatError
-        The pickle names a global outside :data:`ALLOWED_GLOBALS` (the message names it).
+        The pickle names a global outside :data:`ALLOWED_GLOBALS` (the message names it), or tries
+        to set state on anything but a fresh stand-in instance it created.
     CorruptDatasetError
-        The pickle is malformed or does not describe a Unischema.
+        The pickle is malformed, exceeds ``limits`` (the message names the limit), or does not
+        describe a Unischema.
     """
+    if not isinstance(limits, UnpickleLimits):
+        raise InvalidArgumentError(f"limits must be an UnpickleLimits, got {type(limits).__name__}")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidArgumentError(f"expected the pickled Unischema as bytes, got {type(data).__name__}")
-    obj = _load(bytes(data), source)
+    obj = _load(bytes(data), source, limits)
     if not isinstance(obj, _Unischema):
-        raise CorruptDatasetError(f"{source}: the pickle holds {obj!r}, not a petastorm Unischema")
+        raise CorruptDatasetError(f"{source}: the pickle holds {_short(obj)}, not a petastorm Unischema")
     name = obj.state.get("_name", "")
     fields = obj.state.get("_fields")
     if not isinstance(name, str) or not isinstance(fields, dict) or not fields:

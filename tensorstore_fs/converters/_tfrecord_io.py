@@ -6,12 +6,17 @@ A TFRecord file is a sequence of records, each framed as::
 
 all little-endian, with ``masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2**32)``.
 A GZIP TFRecord file is one gzip stream of exactly those bytes (what TensorFlow writes and reads
-with ``compression_type="GZIP"``). Every record read here has both checksums verified.
+with ``compression_type="GZIP"``). Every record read here has both checksums verified, and its
+length is bounded before anything is allocated: by what remains of a plain file and by
+``max_record_bytes`` (default 2 GiB - 1, protobuf's limit on one message); a length past either is
+a ``CorruptDatasetError`` naming the file and the record's byte offset.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import os
 import struct
 import zlib
 from typing import Any, Iterator, Sequence
@@ -21,13 +26,15 @@ from fsspec.implementations.local import LocalFileSystem
 from .._crc import crc32c, crc32c_extend
 from ..errors import CorruptDatasetError
 
-__all__ = ["frame", "masked_crc", "is_gzip", "read_records", "RecordSink"]
+__all__ = ["frame", "masked_crc", "is_gzip", "read_records", "RecordSink", "MAX_RECORD_BYTES"]
 
 _HEAD = struct.Struct("<QI")
 _LEN = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
 READ_BUFFER = 1 << 20
+READ_STEP = 64 << 20  # a record's data is read in steps of at most this
+MAX_RECORD_BYTES = (1 << 31) - 1  # protobuf's limit on one serialized message, so on one Example
 GZIP_LEVEL = 6  # zlib's default, as TensorFlow's writer; 9 (gzip's default) is 2-3x slower for ~1% smaller files
 
 
@@ -94,7 +101,23 @@ def _corrupt(name: str, index: int, offset: int, what: str) -> CorruptDatasetErr
     return CorruptDatasetError(f"{name}: record {index} at byte {offset}: {what}")
 
 
-def _records(fh: Any, name: str) -> Iterator[tuple[int, int, bytes]]:
+def _read_exactly(fh: Any, n: int) -> bytes:
+    """Up to ``n`` bytes, read in steps of at most READ_STEP: what is allocated follows what the
+    file really holds, never a length field (a damaged one may claim exabytes)."""
+    if n <= READ_STEP:
+        return fh.read(n)
+    parts, got = [], 0
+    while got < n:
+        part = fh.read(min(READ_STEP, n - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _records(fh: Any, name: str, max_record_bytes: int, size: int | None) -> Iterator[tuple[int, int, bytes]]:
+    """Records of one (decompressed) stream; ``size`` is its length when known (plain files)."""
     index = offset = 0
     while True:
         head = fh.read(12)
@@ -105,7 +128,14 @@ def _records(fh: Any, name: str) -> Iterator[tuple[int, int, bytes]]:
         length, crc = _HEAD.unpack(head)
         if crc != masked_crc(head[:8]):
             raise _corrupt(name, index, offset, "length checksum mismatch (corrupt length)")
-        data = fh.read(length)
+        if size is not None and length + 4 > size - offset - 12:
+            raise _corrupt(name, index, offset, f"truncated or corrupt length: the length field says {length} "
+                                                f"bytes, the file ends {max(0, size - offset - 16)} bytes into the "
+                                                "record")
+        if length > max_record_bytes:
+            raise _corrupt(name, index, offset, f"its length field says {length} bytes, more than "
+                                                f"max_record_bytes={max_record_bytes}")
+        data = _read_exactly(fh, length)
         tail = fh.read(4)
         if len(data) < length or len(tail) < 4:
             raise _corrupt(name, index, offset, f"truncated: the record holds {length} bytes, the file ends "
@@ -117,26 +147,38 @@ def _records(fh: Any, name: str) -> Iterator[tuple[int, int, bytes]]:
         offset += 16 + length
 
 
-def read_records(fs: Any, path: str, compression: str | None) -> Iterator[tuple[int, int, bytes]]:
+def _file_size(fh: Any) -> int | None:
+    try:
+        return os.fstat(fh.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        size = getattr(fh, "size", None)
+        return size if isinstance(size, int) else None
+
+
+def read_records(fs: Any, path: str, compression: str | None,
+                 max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[int, int, bytes]]:
     """Yield ``(index, byte offset, data)`` of every record of one file, both CRCs verified.
 
-    Offsets are positions in the decompressed stream for GZIP files.
+    Offsets are positions in the decompressed stream for GZIP files. A record's length field is
+    checked against what remains of a plain file and against ``max_record_bytes`` before anything
+    is allocated for it, and data is read in bounded steps.
 
     Raises
     ------
     CorruptDatasetError
         Naming the file, the record index and its byte offset: a bad length or data checksum, a
-        truncated record, or a broken gzip stream.
+        length past the end of the file or above ``max_record_bytes``, a truncated record, or a
+        broken gzip stream.
     """
     local = isinstance(fs, LocalFileSystem)  # a big buffer: records are served from it, not read(2) each
     with open(path, "rb", buffering=READ_BUFFER) if local else fs.open(path, "rb") as raw:
         if compression != "GZIP":
-            yield from _records(raw, path)
+            yield from _records(raw, path, max_record_bytes, _file_size(raw))
             return
         index = offset = 0
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                for index, offset, data in _records(gz, path):
+                for index, offset, data in _records(gz, path, max_record_bytes, None):
                     yield index, offset, data
                     index, offset = index + 1, offset + 16 + len(data)
         except (EOFError, zlib.error, gzip.BadGzipFile) as e:

@@ -5,11 +5,17 @@ by whole samples, variable-shape fields as ``values`` / ``offsets`` / ``shapes``
 ``__valid__/``, and the tensor schema as JSON in the file attributes. Plain HDF5 files written by
 other tools are imported too: each dataset (equal length along axis 0) becomes a field.
 
+A damaged or inconsistent file never surfaces as a raw ``OSError`` / ``KeyError`` /
+``RuntimeError`` from h5py: every step of an import (opening, each attribute, each object, each
+batch of rows read) turns such failures into :class:`CorruptDatasetError` naming the file and the
+dataset or attribute, and a variable-shape field's offsets and shapes are checked before use.
+
 ``h5py`` is imported on first use (``pip install tensorstore_fs[hdf5]``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +39,7 @@ from ..errors import (
     DatasetNotFoundError,
     InvalidArgumentError,
     SchemaError,
+    TensorstoreError,
     UnsupportedFormatError,
 )
 from ..predicates import Predicate
@@ -415,20 +422,73 @@ def _with_nulls(values: Any, valid: np.ndarray) -> Any:
     return np.ma.MaskedArray(values, mask=mask)
 
 
-def _variable_reader(group: Any, f: Field, where: str) -> Callable[[int, int], list]:
-    values, offsets, shapes = (group[k] for k in ("values", "offsets", "shapes"))
+_RAW_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, OverflowError, MemoryError)
+
+
+@contextlib.contextmanager
+def _damaged(where: str, what: str) -> Iterator[None]:
+    """Turn what h5py raises for a damaged file (``OSError``, ``KeyError``, ``RuntimeError`` ...) into
+    :class:`CorruptDatasetError` naming the file and ``what`` was being read; our own errors pass."""
+    try:
+        yield
+    except TensorstoreError:
+        raise
+    except _RAW_ERRORS as e:
+        raise CorruptDatasetError(f"{where}: cannot read {what} (damaged file?): {type(e).__name__}: {e}") from None
+
+
+def _attr(obj: Any, name: str, where: str, default: Any = None) -> Any:
+    """Attribute ``name`` of an HDF5 object (``default`` when absent); damage names the attribute."""
+    with _damaged(where, f"attribute {name!r} of {obj.name}"):
+        return obj.attrs.get(name, default)
+
+
+def _child(parent: Any, name: str, kind: Any, where: str, what: str) -> Any:
+    """``parent[name]``, which must be an h5py ``kind`` (Group or Dataset)."""
+    with _damaged(where, what):  # not parent.get(): it turns the damage h5py reports into "absent"
+        node = parent[name] if name in parent else None
+    if not isinstance(node, kind):
+        found = "nothing" if node is None else type(node).__name__
+        raise CorruptDatasetError(f"{where}: {what} should be an HDF5 {kind.__name__}, found {found}")
+    return node
+
+
+def _variable_reader(group: Any, f: Field, where: str, h5py: Any) -> tuple[Callable[[int, int], list], int, int]:
+    """Reader of a variable-shape field's group, its row count and chunk rows; the layout is checked
+    here and every batch's offsets and shapes before they are used."""
+    values, offsets, shapes = (_child(group, k, h5py.Dataset, where, f"{group.name}/{k}")
+                               for k in ("values", "offsets", "shapes"))
+    ndim = len(f.shape)
+    rows = shapes.shape[0] if shapes.ndim == 2 and shapes.shape[1] == ndim else -1
+    if values.ndim != 1 or offsets.shape != (rows + 1,) or rows < 0:
+        raise CorruptDatasetError(f"{where}: {group.name}: values {values.shape}, offsets {offsets.shape} and shapes "
+                                  f"{shapes.shape} are not (n_values,), (rows + 1,) and (rows, {ndim})")
+    if values.dtype != f.numpy_dtype or offsets.dtype.kind not in "iu" or shapes.dtype.kind not in "iu":
+        raise CorruptDatasetError(f"{where}: {group.name}: values of {values.dtype} (field is {f.dtype}), offsets of "
+                                  f"{offsets.dtype}, shapes of {shapes.dtype}: expected integer offsets and shapes")
+    n_values = values.shape[0]
+    fixed = np.array([d if d is not None else -1 for d in f.shape], dtype=np.int64)
 
     def read(a: int, b: int) -> list:
-        offs, shp = offsets[a:b + 1], shapes[a:b]
-        bad = np.flatnonzero(np.diff(offs) != shp.prod(axis=1))
+        offs, shp = offsets[a:b + 1].astype(np.int64), shapes[a:b].astype(np.int64).reshape(b - a, ndim)
+        if offs[0] < 0 or offs[-1] > n_values or (np.diff(offs) < 0).any():
+            raise CorruptDatasetError(f"{where}: {group.name}/offsets of rows {a}-{b} are not increasing within "
+                                      f"0..{n_values} (the values dataset's length)")
+        bad_dims = (shp < 0) | ((fixed >= 0) & (shp != fixed) & shp.any(axis=1, keepdims=True))  # null: zeros
+        if bad_dims.any():
+            i = int(np.flatnonzero(bad_dims.any(axis=1))[0])
+            raise CorruptDatasetError(f"{where}: {group.name}/shapes row {a + i} is {tuple(shp[i].tolist())}, the "
+                                      f"field's shape is {f.shape}")
+        need = shp.astype(np.float64).prod(axis=1)  # exact below 2**53, and a span never is larger
+        bad = np.flatnonzero(np.diff(offs) != need)
         if len(bad):
             i = int(bad[0])
-            raise CorruptDatasetError(f"{where}: row {a + i} spans {offs[i + 1] - offs[i]} values but its shape "
-                                      f"{tuple(shp[i])} needs {int(shp[i].prod())}")
+            raise CorruptDatasetError(f"{where}: {group.name}: row {a + i} spans {offs[i + 1] - offs[i]} values but "
+                                      f"its shape {tuple(shp[i].tolist())} needs {need[i]:.0f}")
         flat = values[offs[0]:offs[-1]]
         rel = offs - offs[0]
         return [flat[rel[i]:rel[i + 1]].reshape(shp[i]) for i in range(b - a)]
-    return read
+    return read, rows, _chunk0(shapes)
 
 
 def _text_reader(dset: Any, h5py: Any) -> Callable[[int, int], np.ndarray]:
@@ -448,34 +508,58 @@ def _as_bytes(rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _tsfs_sources(h5: Any, where: str, h5py: Any) -> tuple[Schema, list[_Source]]:
-    """Fields of a file in our own layout, restored exactly from its attributes."""
-    version = h5.attrs.get("tsfs_layout_version")
+def _tsfs_attrs(h5: Any, where: str) -> tuple[Schema, int]:
+    """The schema and row count recorded in a tsfs-layout file's root attributes."""
+    version = _attr(h5, "tsfs_layout_version", where)
     version = version.item() if isinstance(version, np.generic) else version
     if version != LAYOUT_VERSION:
-        raise UnsupportedFormatError(f"{where}: tsfs HDF5 layout version {version!r} is not supported "
+        raise UnsupportedFormatError(f"{where}: tsfs HDF5 layout version {version!r:.60} is not supported "
                                      f"(this library reads version {LAYOUT_VERSION})")
+    values = {}
+    for name in ("tsfs_schema", "tsfs_rows"):
+        values[name] = _attr(h5, name, where)
+        if values[name] is None:
+            raise CorruptDatasetError(f"{where}: tsfs file attribute {name!r} is missing")
     try:
-        schema = Schema.from_json(h5.attrs["tsfs_schema"])
-        rows = int(h5.attrs["tsfs_rows"])
-    except KeyError as e:
-        raise CorruptDatasetError(f"{where}: tsfs file attribute {e.args[0]!r} is missing") from None
-    sources = []
-    for f in schema.fields:
-        if f.name not in h5:
-            raise CorruptDatasetError(f"{where}: field {f.name!r} has no HDF5 object /{f.name}")
-        node = h5[f.name]
-        if f.is_variable:
-            read = _variable_reader(node, f, f"{where}:/{f.name}")
-        elif f.dtype in ("string", "bytes"):
-            read = _text_reader(node, h5py)
-        else:
-            read = _slicer(node)
-        if f.nullable:
-            valid = h5[f"{VALID_GROUP}/{f.name}"]
-            read = (lambda r, v: lambda a, b: _with_nulls(r(a, b), v[a:b]))(read, valid)
-        n = len(node["shapes"]) if f.is_variable else len(node)
-        sources.append(_Source(f, read, n, _chunk0(node["shapes"] if f.is_variable else node), f"/{f.name}"))
+        schema = Schema.from_json(values["tsfs_schema"])
+    except (TensorstoreError, *_RAW_ERRORS) as e:
+        raise CorruptDatasetError(f"{where}: tsfs file attribute 'tsfs_schema' is not a valid schema: {e}") from None
+    rows = values["tsfs_rows"]
+    rows = rows.item() if isinstance(rows, np.generic) else rows
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        raise CorruptDatasetError(f"{where}: tsfs file attribute 'tsfs_rows' is {rows!r:.60}, not a row count")
+    return schema, rows
+
+
+def _tsfs_source(h5: Any, f: Field, where: str, h5py: Any) -> _Source:
+    """One field of a tsfs-layout file, its objects checked against the schema."""
+    what = f"/{f.name} (field {f.name!r})"
+    if f.is_variable:
+        group = _child(h5, f.name, h5py.Group, where, what)
+        read, n, chunk = _variable_reader(group, f, where, h5py)
+    else:
+        node = _child(h5, f.name, h5py.Dataset, where, what)
+        text = f.dtype in ("string", "bytes")
+        if node.ndim < 1 or node.shape[1:] != (() if text else f.shape) or (
+                not text and node.dtype != f.numpy_dtype):
+            raise CorruptDatasetError(f"{where}: {what} is {node.dtype} {node.shape}, the schema says {f.dtype} "
+                                      f"(rows, *{f.shape})")
+        with _damaged(where, f"the type of {what}"):
+            read = _text_reader(node, h5py) if text else _slicer(node)
+        n, chunk = node.shape[0], _chunk0(node)
+    if f.nullable:
+        vwhat = f"/{VALID_GROUP}/{f.name} (nulls of field {f.name!r})"
+        valid = _child(h5, f"{VALID_GROUP}/{f.name}", h5py.Dataset, where, vwhat)
+        if valid.shape != (n,) or valid.dtype != np.bool_:
+            raise CorruptDatasetError(f"{where}: {vwhat} is {valid.dtype} {valid.shape}, expected bool ({n},)")
+        read = (lambda r, v: lambda a, b: _with_nulls(r(a, b), v[a:b]))(read, valid)
+    return _Source(f, read, n, chunk, f"/{f.name}")
+
+
+def _tsfs_sources(h5: Any, where: str, h5py: Any) -> tuple[Schema, list[_Source]]:
+    """Fields of a file in our own layout, restored exactly from its attributes."""
+    schema, rows = _tsfs_attrs(h5, where)
+    sources = [_tsfs_source(h5, f, where, h5py) for f in schema.fields]
     for s in sources:
         if s.rows != rows:
             raise CorruptDatasetError(f"{where}: {s.where} holds {s.rows} rows, the file records {rows}")
@@ -516,12 +600,14 @@ def _plain_field(name: str, dset: Any, desc: str, h5py: Any) -> tuple[Field, Cal
 
 def _plain_source(path: str, dset: Any, where: str, h5py: Any) -> _Source:
     """A dataset of a file written by another tool -> one field (name: path with '/' -> '.')."""
-    what = f"{where}: dataset {path!r} (dtype {_dtype_text(dset.dtype, h5py)}, shape {dset.shape})"
+    with _damaged(where, f"dataset {path!r}"):
+        what = f"{where}: dataset {path!r} (dtype {_dtype_text(dset.dtype, h5py)}, shape {dset.shape})"
     if dset.ndim == 0:
         raise SchemaError(f"{what} is 0-d: it has no rows; choose the datasets to import with datasets=[...]")
-    desc = dset.attrs.get("description", "")
+    desc = _attr(dset, "description", where, "")
     try:
-        field, read = _plain_field(_field_name(path), dset, desc if isinstance(desc, str) else "", h5py)
+        with _damaged(where, f"dataset {path!r}"):
+            field, read = _plain_field(_field_name(path), dset, desc if isinstance(desc, str) else "", h5py)
     except SchemaError as e:
         raise SchemaError(f"{what} cannot be imported: {e}") from None
     return _Source(field, read, dset.shape[0], _chunk0(dset), path)
@@ -537,14 +623,16 @@ def _plain_datasets(h5: Any, where: str, selected: Sequence[str] | None, h5py: A
         return found
 
     if selected is None:
-        return under(h5)
+        with _damaged(where, "the list of its objects"):
+            return under(h5)
     if isinstance(selected, str):
         raise InvalidArgumentError(f"datasets must be a list of HDF5 paths, got the string {selected!r}")
     out = []
     for p in selected:
-        if p not in h5:
-            raise InvalidArgumentError(f"{where}: no HDF5 object {p!r}; datasets are {[n for n, _ in under(h5)]}")
-        out += under(h5[p])
+        with _damaged(where, f"HDF5 object {p!r}"):
+            if p not in h5:
+                raise InvalidArgumentError(f"{where}: no HDF5 object {p!r}; datasets are {[n for n, _ in under(h5)]}")
+            out += under(h5[p])
     return out
 
 
@@ -558,7 +646,9 @@ def _select(sources: list[_Source], names: Sequence[str], where: str) -> list[_S
 
 def _sources(h5: Any, where: str, datasets: Sequence[str] | None, schema: Schema | None,
              h5py: Any) -> tuple[Schema, list[_Source]]:
-    if "tsfs_layout_version" in h5.attrs:
+    with _damaged(where, "the root attributes"):
+        tsfs = "tsfs_layout_version" in h5.attrs
+    if tsfs:
         file_schema, sources = _tsfs_sources(h5, where, h5py)
         names = [_field_name(str(p)) for p in datasets] if datasets is not None else file_schema.names
         meta = file_schema.metadata
@@ -638,7 +728,8 @@ def from_hdf5(
     DatasetNotFoundError
         ``path`` does not exist.
     CorruptDatasetError
-        ``path`` is not an HDF5 file, or a tsfs-layout file is inconsistent.
+        ``path`` is not an HDF5 file, is damaged (h5py cannot read an attribute, an object or
+        rows: the message names which), or a tsfs-layout file is inconsistent.
     SchemaError
         Datasets of different lengths along axis 0, or a dataset that cannot be a field (0-d,
         compound, reference, complex or other unsupported dtype), each naming file and dataset.
@@ -652,23 +743,38 @@ def from_hdf5(
     if schema is not None and not isinstance(schema, Schema):
         raise InvalidArgumentError(f"schema must be a tensorstore_fs.Schema, got {type(schema).__name__}")
     where = _open_file(path, h5py)
-    with h5py.File(where, "r", rdcc_nbytes=CACHE_BYTES) as h5:
-        target_schema, sources = _sources(h5, where, datasets, schema, h5py)
+    with _damaged(where, "the file as HDF5"):
+        h5 = h5py.File(where, "r", rdcc_nbytes=CACHE_BYTES)
+    try:
+        with _damaged(where, "the file's objects"):  # the steps inside name the object when they can
+            target_schema, sources = _sources(h5, where, datasets, schema, h5py)
         rows = sources[0].rows
         step = batch_rows or _auto_batch_rows(sources)
         writer = DatasetWriter(url, target_schema, mode=mode, storage_options=storage_options, **writer_options)
         with writer, progress_bar(progress, rows, "from_hdf5") as bar:
-            for n, batch in _prefetch(_read_steps(sources, rows, step)):
-                writer.write(batch)
+            done = 0
+            for n, batch in _prefetch(_read_steps(sources, rows, step, where)):
+                try:
+                    writer.write(batch)
+                except SchemaError as e:
+                    raise SchemaError(f"{where}: rows {done}-{done + n}: {e}") from None
+                done += n
                 bar.update(n)
+    finally:
+        with contextlib.suppress(*_RAW_ERRORS):
+            h5.close()
     logger.info("%s: imported %d rows from %s", url, rows, where)
     return open_dataset(url, version=writer.manifest.version, storage_options=storage_options)
 
 
-def _read_steps(sources: list[_Source], rows: int, step: int) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_steps(sources: list[_Source], rows: int, step: int, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
     for a in range(0, rows, step):
         b = min(rows, a + step)
-        yield b - a, {s.field.name: s.read(a, b) for s in sources}
+        batch = {}
+        for s in sources:
+            with _damaged(where, f"rows {a}-{b} of {s.where}"):
+                batch[s.field.name] = s.read(a, b)
+        yield b - a, batch
 
 
 def _auto_batch_rows(sources: list[_Source]) -> int:

@@ -4,7 +4,9 @@
 >>> ds = from_petastorm("/data/petastorm_ds", "/data/tsfs_ds")  # doctest: +SKIP
 
 The Unischema pickled in ``_common_metadata`` is read by the restricted unpickler of
-:mod:`._petastorm_schema` (local stand-ins for an allow-list of classes; nothing is executed).
+:mod:`._petastorm_schema` (local stand-ins for an allow-list of classes; nothing is executed; bounded
+opcodes, memo, container sizes, depth and expanded size; state only on objects it created).
+``_common_metadata`` itself is refused above 64 MiB.
 Part files are then read with pyarrow, file by file and batch by batch within each row group, and
 every cell is decoded as Petastorm's own ``make_reader`` would decode it:
 
@@ -47,6 +49,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _MAX_VARIABLE_CELL_BYTES = 1 << 31  # bound on an unzipped CompressedNdarrayCodec cell of variable shape
 _HEADER_CACHE_SIZE = 4096
+MAX_COMMON_METADATA_BYTES = 64 << 20  # a real one is a few KiB; the pickle in it has its own limits
 
 
 class _CellError(Exception):
@@ -64,6 +67,12 @@ def _unischema_bytes(src: Storage) -> bytes:
         raise DatasetNotFoundError(
             f"{src.url} is not a Petastorm dataset: it has no _common_metadata file (Petastorm's "
             "materialize_dataset writes it; petastorm-generate-metadata.py adds it to an existing dataset)")
+    with src._op("reading the size of", "_common_metadata"):
+        size = src.fs.size(src.path("_common_metadata"))
+    if size is not None and size > MAX_COMMON_METADATA_BYTES:
+        raise CorruptDatasetError(
+            f"{src.url}/_common_metadata is {size} bytes, more than the {MAX_COMMON_METADATA_BYTES} a Petastorm "
+            "metadata file needs (it holds a Parquet schema and a pickled Unischema); refusing to read it")
     raw = src.read_bytes("_common_metadata")
     try:
         meta = pq.read_metadata(pa.BufferReader(raw)).metadata or {}

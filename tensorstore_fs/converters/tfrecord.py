@@ -7,6 +7,11 @@ bytes (exact), strings and bytes as ``bytes_list``; an absent feature is a null.
 ``<basename>.features.json`` written beside the files describes every feature and holds the tensor
 schema; :func:`make_parse_fn` turns it into a ``tf.data`` parse function (the only place TensorFlow
 is imported). Files written by TensorFlow are imported with that JSON, a feature spec, or inference.
+
+Imports treat files as untrusted: record lengths are bounded by the file and ``max_record_bytes``
+before anything is allocated (:mod:`._tfrecord_io`), and every damaged record, Example, feature key
+or value raises a :class:`~tensorstore_fs.errors.TensorstoreError` naming the file, the record and
+its byte offset.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from ._example import (
     layout_for,
     parse_example,
 )
-from ._tfrecord_io import RecordSink, frame, is_gzip, read_records
+from ._tfrecord_io import MAX_RECORD_BYTES, RecordSink, frame, is_gzip, read_records
 
 __all__ = ["to_tfrecord", "from_tfrecord", "make_parse_fn", "TFRecordSpec", "TFRecordExport", "Feature",
            "LAYOUT", "LAYOUT_VERSION"]
@@ -491,6 +496,13 @@ def _infer_features(examples: Iterator[tuple[str, dict]]) -> list[Feature]:
         for key, (kind, chunks) in parsed.items():
             if kind == 0:
                 continue
+            if key not in stats:
+                try:
+                    key.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise CorruptDatasetError(
+                        f"{where}: feature key {key[:60]!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                        "a tf.train.Example's keys are UTF-8 strings") from None
             n = _count(kind, chunks)
             st = stats.setdefault(key, [kind, n, n, 0])
             if st[0] != kind:
@@ -502,13 +514,13 @@ def _infer_features(examples: Iterator[tuple[str, dict]]) -> list[Feature]:
     return [_inferred(k.decode(), kind, lo, hi, seen < rows) for k, (kind, lo, hi, seen) in sorted(stats.items())]
 
 
-def _examples(files: list[tuple[Any, str]], compressions: list[str | None],
-              rows_per_file: Mapping[str, int]) -> Iterator[tuple[str, dict]]:
+def _examples(files: list[tuple[Any, str]], compressions: list[str | None], rows_per_file: Mapping[str, int],
+              max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[str, dict]]:
     """``(where, parsed example)`` of every record, files in order; record counts checked against
     the spec's ``rows_per_file`` (a file cut at a record boundary)."""
     for (fs, path), compression in zip(files, compressions):
         count = 0
-        for index, offset, data in read_records(fs, path, compression):
+        for index, offset, data in read_records(fs, path, compression, max_record_bytes):
             where = f"{path}: record {index} at byte {offset}"
             try:
                 parsed = parse_example(data)
@@ -552,6 +564,7 @@ def from_tfrecord(
     storage_options: Mapping[str, Any] | None = None,
     batch_rows: int = 1024,
     progress: bool = False,
+    max_record_bytes: int = MAX_RECORD_BYTES,
     **writer_options: Any,
 ) -> Dataset:
     """Import ``tf.train.Example`` TFRecord files as a dataset.
@@ -580,6 +593,9 @@ def from_tfrecord(
         Records per batch handed to the writer.
     progress : bool
         Show a progress bar.
+    max_record_bytes : int
+        Largest record accepted (default 2 GiB - 1, protobuf's limit on one message). A record's
+        length field is also checked against what remains of a plain file before anything is read.
     **writer_options
         ``row_group_bytes``, ``shard_bytes``, ``compression`` ... of :class:`DatasetWriter`.
 
@@ -592,19 +608,22 @@ def from_tfrecord(
     Raises
     ------
     CorruptDatasetError
-        A bad length or data checksum, a truncated file or a malformed Example, naming the file,
-        the record and its byte offset. Nothing is committed.
+        A bad length or data checksum, a length past the end of the file or above
+        ``max_record_bytes``, a truncated file, a malformed Example or a feature key that is not
+        UTF-8, naming the file, the record and its byte offset. Nothing is committed.
     SchemaError
         Records that do not match the features. Nothing is committed.
     """
     if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or batch_rows < 1:
         raise InvalidArgumentError(f"batch_rows must be a positive int, got {batch_rows!r}")
+    if not isinstance(max_record_bytes, int) or isinstance(max_record_bytes, bool) or max_record_bytes < 1:
+        raise InvalidArgumentError(f"max_record_bytes must be a positive int, got {max_record_bytes!r}")
     compression = _compression(compression, allow_auto=True)
     files = _input_files(paths, storage_options)
     compressions = [_file_compression(fs, p, compression) for fs, p in files]
     spec, spec_path = _find_spec(files)
     counts = dict(zip(spec.files, spec.rows_per_file)) if spec is not None else {}
-    examples = lambda: _examples(files, compressions, counts)  # noqa: E731
+    examples = lambda: _examples(files, compressions, counts, max_record_bytes)  # noqa: E731
     feats, target = _import_features(features, schema, spec, lambda: _infer_features(examples()))
     logger.info("from_tfrecord: %d files, features from %s", len(files),
                 "features=" if features is not None else "schema=" if schema is not None else spec_path or "inference")
