@@ -75,6 +75,22 @@ def _arrow_to_python_column(arr: Any) -> tuple[Any, np.ndarray | None]:
     return arr.to_numpy(zero_copy_only=False), valid
 
 
+def _arrow_column(arr: Any, name: str) -> tuple[Any, np.ndarray | None]:
+    """:func:`_arrow_to_python_column`, dictionary arrays decoded, pyarrow's errors as SchemaError."""
+    import pyarrow as pa
+
+    if not isinstance(arr, (pa.Array, pa.ChunkedArray)):
+        raise SchemaError(f"field {name!r}: a column must be a pyarrow Array or ChunkedArray, got {type(arr).__name__}")
+    try:
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode() if isinstance(arr, pa.Array) else pa.chunked_array(
+                [c.dictionary_decode() for c in arr.chunks], type=arr.type.value_type)
+        return _arrow_to_python_column(arr)
+    except pa.ArrowException as e:
+        raise SchemaError(f"field {name!r}: a pyarrow column of type {arr.type} cannot be read as tensor values: "
+                          f"{e}") from None
+
+
 def _arrow_list_rows(arr: Any, valid: np.ndarray | None) -> list[np.ndarray | None]:
     """Rows of a (large/fixed-size) list array as numpy arrays of the list's value dtype."""
     import pyarrow as pa
@@ -141,6 +157,18 @@ def _pandas_column(series: Any) -> tuple[Any, np.ndarray | None]:
     return series.to_numpy(), None
 
 
+def _refuse_duplicates(names: Sequence[str], what: str) -> None:
+    """A batch naming a column twice is refused: which of the two to keep is anyone's guess."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise SchemaError(
+                f"column {name!r} appears more than once in the batch ({what}, again at position {i}); "
+                "a batch must name each field once"
+            )
+        seen.add(name)
+
+
 def _as_columns(data: Any) -> tuple[dict[str, Any], dict[str, np.ndarray | None]]:
     """Any accepted batch -> ({name: raw column}, {name: validity or None})."""
     valid: dict[str, np.ndarray | None] = {}
@@ -149,14 +177,16 @@ def _as_columns(data: Any) -> tuple[dict[str, Any], dict[str, np.ndarray | None]
         import pyarrow as pa
 
         if isinstance(data, (pa.Table, pa.RecordBatch)):
+            _refuse_duplicates(data.column_names, f"pyarrow {type(data).__name__}")
             cols: dict[str, Any] = {}
             for name, arr in zip(data.column_names, data.columns):
-                cols[name], valid[name] = _arrow_to_python_column(arr)
+                cols[name], valid[name] = _arrow_column(arr, name)
             return cols, valid
     if mod.startswith("pandas") and hasattr(data, "columns") and hasattr(data, "iloc"):
+        _refuse_duplicates([str(c) for c in data.columns], "pandas DataFrame")
         cols = {}
-        for name in data.columns:
-            cols[str(name)], valid[str(name)] = _pandas_column(data[name])
+        for i, name in enumerate(data.columns):
+            cols[str(name)], valid[str(name)] = _pandas_column(data.iloc[:, i])
         return cols, valid
     if isinstance(data, Mapping):
         cols = {}
@@ -168,7 +198,7 @@ def _as_columns(data: Any) -> tuple[dict[str, Any], dict[str, np.ndarray | None]
             if isinstance(value, np.ma.MaskedArray):
                 value, valid[name] = _masked_column(value)
             elif vmod.startswith("pyarrow"):
-                value, valid[name] = _arrow_to_python_column(value)
+                value, valid[name] = _arrow_column(value, name)
             elif vmod.startswith("pandas"):
                 value, valid[name] = _pandas_column(value)
             else:
@@ -213,12 +243,21 @@ def _row_array(value: Any, name: str, row: int) -> np.ndarray:
     return a
 
 
-def _length(value: Any) -> int:
+def _length(value: Any, name: str) -> int:
     if isinstance(value, np.ndarray):
         if value.ndim == 0:
-            raise SchemaError("a column must be an array with one entry per row, got a 0-d array")
+            raise SchemaError(f"field {name!r}: a column must be an array with one entry per row, got a 0-d array")
         return int(value.shape[0])
-    return len(value)
+    if isinstance(value, (str, bytes)):
+        raise SchemaError(f"field {name!r}: a column must hold one entry per row, got a single {type(value).__name__} "
+                          f"{value!r:.40} (wrap it in a list)")
+    try:
+        return len(value)
+    except TypeError:
+        raise SchemaError(
+            f"field {name!r}: a column must be a sequence with one entry per row (array, list, Series), got "
+            f"{type(value).__name__} {value!r:.40}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,16 +265,38 @@ def _length(value: Any) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _first(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0])
+    """Index of the first row of ``mask`` (``(n, ...)``) holding a True."""
+    return int(np.argmax(mask.reshape(mask.shape[0], -1).any(axis=1)))
 
 
-def _cast_numeric(arr: np.ndarray, f: Field, row0: int = 0, *, single_row: bool = False) -> np.ndarray:
-    """Cast ``arr`` to ``f``'s dtype when that loses no information (floats may lose precision)."""
+def _first_value(arr: np.ndarray, mask: np.ndarray) -> Any:
+    """The first element of ``arr`` where ``mask`` is True, as a Python scalar."""
+    return arr.reshape(-1)[int(np.argmax(mask.reshape(-1)))].item()
+
+
+_LOSSY_HINT = "pass allow_lossy_cast=True to cast anyway"
+
+
+def _cast_numeric(arr: np.ndarray, f: Field, row0: int = 0, *, single_row: bool = False,
+                  lossy: bool = False) -> np.ndarray:
+    """Cast ``arr`` to ``f``'s dtype, refusing any cast that loses a value.
+
+    Refused unless ``lossy``: a float into an integer field, an integer out of the integer field's
+    range, a finite value that becomes +-inf in a float field (``1e6`` into ``float16``). Rounding
+    to the nearest representable float is not a loss (``0.1`` into ``float16``). With ``lossy``,
+    numpy's ``astype`` semantics apply (integers wrap around, floats truncate toward zero, overflow
+    gives +-inf), except that NaN, +-inf and floats outside the integer range are still refused
+    for integer fields (numpy leaves their result undefined). Checks run only where a cast can
+    lose, with whole-array numpy reductions.
+    """
     target = f.numpy_dtype
     src = arr.dtype
     if src == target:
         return arr
-    where = (lambda m: f"row {row0}") if single_row else (lambda m: f"row {row0 + _first(m)}")
+
+    def where(mask: np.ndarray) -> str:
+        return f"row {row0}" if single_row else f"row {row0 + _first(mask)}"
+
     if src.kind not in "biuf":
         raise SchemaError(f"field {f.name!r}: expected {f.dtype} values, got {src} at row {row0}")
     if target.kind == "b":
@@ -244,28 +305,82 @@ def _cast_numeric(arr: np.ndarray, f: Field, row0: int = 0, *, single_row: bool 
         return arr.astype(target)
     if target.kind in "iu":
         if src.kind == "f":
-            frac = arr != np.floor(arr)
-            at = where(frac) if frac.any() else f"row {row0}"
-            raise SchemaError(
-                f"field {f.name!r}: expected {f.dtype} values, got {src}; floats are not cast to integers "
-                f"(at {at})"
-            )
-        if np.can_cast(src, target, casting="safe"):
+            return _float_to_int(arr, f, where, row0, lossy)
+        if lossy or np.can_cast(src, target, casting="safe") or not arr.size:
             return arr.astype(target)
         info = np.iinfo(target)
-        if arr.size:
+        lo, hi = arr.min(), arr.max()  # two reductions; the mask is built only for a bad batch
+        if lo < info.min or hi > info.max:
             bad = (arr < info.min) | (arr > info.max)
-            if bad.any():
-                bad_val = arr.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])]
-                raise SchemaError(
-                    f"field {f.name!r}: value {bad_val} does not fit {f.dtype} "
-                    f"[{info.min}, {info.max}] at {where(bad)}"
-                )
+            raise SchemaError(
+                f"field {f.name!r}: value {_first_value(arr, bad)} does not fit {f.dtype} "
+                f"[{info.min}, {info.max}] at {where(bad)}; {_LOSSY_HINT} (integers wrap around)"
+            )
         return arr.astype(target)
-    # float target: any int/float source is accepted (precision may be lost, like torch/numpy).
+    # float target
     if src.kind == "b":
         raise SchemaError(f"field {f.name!r}: expected {f.dtype} values, got bool at row {row0}")
-    return arr.astype(target)
+    with np.errstate(over="ignore"):
+        out = arr.astype(target)
+    if lossy or np.can_cast(src, target, casting="safe") or not arr.size or not _may_overflow(src, target):
+        return out
+    if _any_inf(out):
+        bad = np.isinf(out) & ~np.isinf(arr) if src.kind == "f" else np.isinf(out)
+        if bad.any():
+            raise SchemaError(
+                f"field {f.name!r}: value {_first_value(arr, bad)!r} overflows {f.dtype} "
+                f"(largest finite {float(np.finfo(target).max):g}) at {where(bad)}; {_LOSSY_HINT} (it becomes inf)"
+            )
+    return out
+
+
+_UINT_OF_SIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _any_inf(out: np.ndarray) -> bool:
+    """Whether float array ``out`` holds +-inf: compares the bits with the sign masked off (10x
+    faster than ``np.isinf`` on float16, which numpy computes element by element in software)."""
+    uint = _UINT_OF_SIZE.get(out.dtype.itemsize)
+    if uint is None or not out.dtype.isnative:
+        return bool(np.isinf(out).any())
+    inf = np.array(np.inf, dtype=out.dtype).view(uint)
+    return bool(((out.view(uint) & uint(np.iinfo(uint).max >> 1)) == inf).any())
+
+
+def _may_overflow(src: np.dtype, target: np.dtype) -> bool:
+    """Whether some finite ``src`` value becomes infinite in float dtype ``target``."""
+    if src.kind == "f":
+        return np.finfo(src).max > np.finfo(target).max
+    return float(np.iinfo(src).max) > float(np.finfo(target).max)  # ints: only 16-bit floats
+
+
+def _float_to_int(arr: np.ndarray, f: Field, where: Any, row0: int, lossy: bool) -> np.ndarray:
+    """Floats into an integer field: refused, or with ``lossy`` truncated toward zero when finite
+    and inside the field's range."""
+    target = f.numpy_dtype
+    if not lossy:
+        if not arr.size:
+            return arr.astype(target)
+        frac = ~(arr == np.trunc(arr))  # True for fractions, NaN and +-inf
+        at = where(frac) if frac.any() else f"row {row0}"
+        value = _first_value(arr, frac) if frac.any() else arr.reshape(-1)[0].item()
+        raise SchemaError(
+            f"field {f.name!r}: expected {f.dtype} values, got {arr.dtype}; floats are not cast to integers "
+            f"(at {at}): value {value!r}; {_LOSSY_HINT} (truncates toward zero)"
+        )
+    info = np.iinfo(target)
+    if arr.dtype.itemsize < 4:  # float16 cannot hold the bounds of 32- and 64-bit integers
+        arr = arr.astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        t = np.trunc(arr)
+        ok = (t >= float(info.min)) & (t < float(info.max) + 1.0)  # the +1 is exact for 8-32 bits, 2**63/2**64 above
+    if not ok.all():
+        bad = ~ok
+        raise SchemaError(
+            f"field {f.name!r}: value {_first_value(arr, bad)!r} has no {f.dtype} value (NaN, inf or outside "
+            f"[{info.min}, {info.max}]) at {where(bad)}; allow_lossy_cast does not cover it"
+        )
+    return t.astype(target)
 
 
 def _check_fixed_dims(shape: tuple, f: Field, row: int) -> None:
@@ -309,7 +424,7 @@ def _normalize_text(f: Field, raw: Any, valid: np.ndarray | None, n: int) -> Col
     return Column(f, out, None if mask.all() else mask, n)
 
 
-def _normalize_dense(f: Field, raw: Any, valid: np.ndarray | None, n: int) -> Column:
+def _normalize_dense(f: Field, raw: Any, valid: np.ndarray | None, n: int, lossy: bool = False) -> Column:
     """Scalars and fixed-shape tensors: one ``(n, *shape)`` array."""
     if isinstance(raw, np.ndarray) and raw.dtype != object:
         arr = raw
@@ -320,7 +435,7 @@ def _normalize_dense(f: Field, raw: Any, valid: np.ndarray | None, n: int) -> Co
                     f"got {arr.shape[1:]} (rank {arr.ndim - 1}) at row 0"
                 )
             raise SchemaError(f"field {f.name!r}: expected shape {_fmt_shape(f.shape)}, got {arr.shape[1:]} at row 0")
-        arr = _cast_numeric(arr, f)
+        arr = _cast_numeric(arr, f, lossy=lossy)
         if valid is not None and not f.nullable and not valid.all():
             raise _null_row(f, int(np.flatnonzero(~valid)[0]))
         return Column(f, np.ascontiguousarray(arr), valid, n)
@@ -336,11 +451,11 @@ def _normalize_dense(f: Field, raw: Any, valid: np.ndarray | None, n: int) -> Co
             continue
         a = _row_array(v, f.name, i)
         _check_fixed_dims(a.shape, f, i)
-        out[i] = _cast_numeric(a, f, i, single_row=True)
+        out[i] = _cast_numeric(a, f, i, single_row=True, lossy=lossy)
     return Column(f, out, None if mask.all() else mask, n)
 
 
-def _normalize_variable(f: Field, raw: Any, valid: np.ndarray | None, n: int) -> Column:
+def _normalize_variable(f: Field, raw: Any, valid: np.ndarray | None, n: int, lossy: bool = False) -> Column:
     out: list[np.ndarray | None] = []
     mask = np.ones(n, dtype=bool) if valid is None else valid.copy()
     if isinstance(raw, np.ndarray) and raw.dtype != object:
@@ -352,7 +467,7 @@ def _normalize_variable(f: Field, raw: Any, valid: np.ndarray | None, n: int) ->
                 f"got shape {arr.shape[1:]} at row 0"
             )
         _check_fixed_dims(arr.shape[1:], f, 0)
-        arr = _cast_numeric(arr, f)
+        arr = _cast_numeric(arr, f, lossy=lossy)
         out = [arr[i] for i in range(n)]
     elif (fast := _same_dtype_rows(f, raw, valid)) is not None:
         out, dims = fast
@@ -367,7 +482,7 @@ def _normalize_variable(f: Field, raw: Any, valid: np.ndarray | None, n: int) ->
                 continue
             a = _row_array(v, f.name, i)
             _check_fixed_dims(a.shape, f, i)
-            out.append(_cast_numeric(a, f, i, single_row=True))
+            out.append(_cast_numeric(a, f, i, single_row=True, lossy=lossy))
     if valid is not None and not f.nullable and not mask.all():
         raise _null_row(f, int(np.flatnonzero(~mask)[0]))
     return Column(f, out, None if mask.all() else mask, n)
@@ -394,26 +509,58 @@ def _same_dtype_rows(f: Field, raw: Any, valid: np.ndarray | None) -> tuple[list
     return rows, dims
 
 
-def _python_scalars(raw: Sequence[Any], f: Field) -> np.ndarray:
-    """A list of Python scalars -> array. Integer fields keep exact Python ints (beyond int64 too)."""
+def _python_scalars(raw: Sequence[Any], f: Field, lossy: bool = False) -> np.ndarray:
+    """A list of Python/numpy scalars -> array, naming the first value that is not a number of
+    the field's kind. Integer fields keep exact Python ints (beyond int64 too) for the range check
+    (with ``lossy``, out-of-range ints wrap around as numpy's ``astype`` does)."""
+    dtype = f.numpy_dtype
     if not raw:
-        return np.zeros((0,), dtype=f.numpy_dtype)
-    if f.numpy_dtype.kind in "iu" and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in raw):
-        info = np.iinfo(f.numpy_dtype)
+        return np.zeros((0,), dtype=dtype)
+    types = set(map(type, raw))  # a few types, however many values
+    foreign = {t for t in types if not issubclass(t, (int, float, np.integer, np.floating, np.bool_, np.ndarray))}
+    if foreign:
+        i, v = next((i, v) for i, v in enumerate(raw) if type(v) in foreign)
+        raise SchemaError(f"field {f.name!r}: expected {f.dtype}, got {type(v).__name__} {v!r:.40} at row {i}")
+    if np.ndarray in types:  # 0-d arrays are scalars
+        bad = next((i for i, v in enumerate(raw) if isinstance(v, np.ndarray) and v.ndim), None)
+        if bad is not None:
+            raise SchemaError(f"field {f.name!r}: expected shape (), got {raw[bad].shape} at row {bad}")
+    if dtype.kind in "iu" and all(issubclass(t, (int, np.integer)) and not issubclass(t, (bool, np.bool_)) for t in types):
+        info = np.iinfo(dtype)
+        if lossy:
+            span = 1 << (8 * dtype.itemsize)
+            return np.array([(int(v) - info.min) % span + info.min for v in raw], dtype=dtype)
         for i, v in enumerate(raw):
             if not info.min <= int(v) <= info.max:
-                raise SchemaError(f"field {f.name!r}: value {int(v)} does not fit {f.dtype} [{info.min}, {info.max}] at row {i}")
-        return np.array([int(v) for v in raw], dtype=f.numpy_dtype)
-    if f.numpy_dtype.kind == "f":
-        # numpy warns "invalid value encountered in cast" for NaN numpy-float scalars inside a list
-        # (mixed with Python floats); NaN is a legitimate value here
-        with np.errstate(invalid="ignore"):
-            return np.asarray(raw)
+                raise SchemaError(f"field {f.name!r}: value {int(v)} does not fit {f.dtype} [{info.min}, {info.max}] "
+                                  f"at row {i}; {_LOSSY_HINT} (integers wrap around)")
+        return np.array([int(v) for v in raw], dtype=dtype)
+    if dtype.kind == "f" or any(issubclass(t, (float, np.floating)) for t in types):
+        # one float64 array (what numpy makes of mixed Python numbers); the cast then checks it.
+        # numpy warns "invalid value encountered in cast" for NaN numpy-float scalars inside a
+        # list (mixed with Python floats); NaN is a legitimate value here
+        try:
+            with np.errstate(invalid="ignore"):
+                return np.array(raw, dtype=np.float64)
+        except OverflowError:  # a Python int beyond float64
+            bad = next((i for i, v in enumerate(raw) if _beyond_float64(v)), 0)
+            raise SchemaError(f"field {f.name!r}: value {raw[bad]} overflows {f.dtype} at row {bad}") from None
     return np.asarray(raw)
 
 
-def normalize_batch(data: Any, schema: Schema) -> tuple[dict[str, Column], int]:
+def _beyond_float64(v: Any) -> bool:
+    try:
+        float(v)
+    except OverflowError:
+        return True
+    return False
+
+
+def normalize_batch(data: Any, schema: Schema, *, allow_lossy_cast: bool = False) -> tuple[dict[str, Column], int]:
     """Validate ``data`` against ``schema``; return ``({name: Column}, rows)``.
+
+    Values are cast to the fields' dtypes only when no value changes beyond float rounding: see
+    :func:`_cast_numeric` for what ``allow_lossy_cast`` lets through.
 
     Raises
     ------
@@ -425,7 +572,7 @@ def normalize_batch(data: Any, schema: Schema) -> tuple[dict[str, Column], int]:
     unknown = [k for k in raw_cols if k not in schema]
     if unknown:
         raise SchemaError(f"unknown field {unknown[0]!r} in batch; schema fields are {schema.names}")
-    lengths = {k: _length(v) for k, v in raw_cols.items()}
+    lengths = {k: _length(v, k) for k, v in raw_cols.items()}
     if len(set(lengths.values())) > 1:
         raise SchemaError(f"columns have different lengths: {lengths}")
     n = next(iter(lengths.values()), 0)
@@ -445,16 +592,13 @@ def normalize_batch(data: Any, schema: Schema) -> tuple[dict[str, Column], int]:
         if f.dtype in ("string", "bytes"):
             out[f.name] = _normalize_text(f, raw, valid, n)
         elif f.is_variable:
-            out[f.name] = _normalize_variable(f, raw, valid, n)
+            out[f.name] = _normalize_variable(f, raw, valid, n, allow_lossy_cast)
         else:
             if isinstance(raw, (list, tuple)) and f.is_scalar and all(v is not None for v in raw):
-                raw = _python_scalars(raw, f)
-                if raw.dtype == object:
-                    bad = next(i for i, v in enumerate(raw_cols[f.name]) if not isinstance(v, (int, float, bool, np.generic)))
-                    raise SchemaError(f"field {f.name!r}: expected {f.dtype}, got {type(raw_cols[f.name][bad]).__name__} at row {bad}")
+                raw = _python_scalars(raw, f, allow_lossy_cast)
             elif isinstance(raw, (list, tuple)) and not raw:
                 raw = np.zeros((0, *f.shape), dtype=f.numpy_dtype)
-            out[f.name] = _normalize_dense(f, raw, valid, n)
+            out[f.name] = _normalize_dense(f, raw, valid, n, allow_lossy_cast)
     return out, n
 
 

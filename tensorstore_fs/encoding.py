@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from .columns import Column
-from .errors import CorruptDatasetError
+from .errors import CorruptDatasetError, SchemaError
 from .ragged import RaggedRows
 from .schema import Field, Schema
 
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 SHAPE_PREFIX = "__shape__"
+_MAX_DIM = 2**31 - 1  # shape columns are int32
 SCHEMA_METADATA_KEY = b"tensorstore_fs.schema"
 
 _SCALAR_ARROW = {
@@ -118,14 +119,19 @@ def _encode_variable(col: Column) -> tuple[pa.Array, pa.Array]:
     n = col.length
     live = [a for a in col.values if a is not None] if col.valid is not None else col.values  # null rows are None
     if col.shapes is not None:  # checked while normalizing
-        shapes = col.shapes.astype(np.int32)
+        shapes = col.shapes
     else:
-        shapes = np.zeros((n, ndim), dtype=np.int32)
-        dims = np.array([a.shape for a in live], dtype=np.int32).reshape(len(live), ndim)
+        shapes = np.zeros((n, ndim), dtype=np.int64)
+        dims = np.array([a.shape for a in live], dtype=np.int64).reshape(len(live), ndim)
         if col.valid is None:
             shapes[:] = dims
         else:
             shapes[col.valid] = dims
+    if shapes.size and shapes.max() > _MAX_DIM:  # stored as int32 (an empty row may claim any extent)
+        i = int(np.argmax((shapes > _MAX_DIM).any(axis=1)))
+        raise SchemaError(f"field {f.name!r}: row {i} has shape {tuple(int(d) for d in shapes[i])}; a variable "
+                          f"dimension holds at most {_MAX_DIM} values")
+    shapes = shapes.astype(np.int32)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.prod(shapes, axis=1, dtype=np.int64) * f.numpy_dtype.itemsize, out=offsets[1:])
     dt = f.numpy_dtype.newbyteorder("<")
@@ -144,8 +150,26 @@ def _encode_scalar(col: Column) -> pa.Array:
     typ = _SCALAR_ARROW[f.dtype]
     mask = None if col.valid is None else ~col.valid
     if f.dtype in ("string", "bytes"):
-        return pa.array(col.values, type=typ, mask=mask, from_pandas=False)
+        try:
+            return pa.array(col.values, type=typ, mask=mask, from_pandas=False)
+        except UnicodeEncodeError:  # found here, not per value while validating: that would cost every batch
+            raise _not_utf8(col) from None
     return pa.array(col.values, type=typ, mask=mask)
+
+
+def _not_utf8(col: Column) -> SchemaError:
+    """The error for a string column holding a value UTF-8 cannot encode (a lone surrogate such as
+    ``"\\ud800"``, from ``surrogateescape`` decoding or a JSON ``\\ud800`` escape), naming its row."""
+    for i, v in enumerate(col.values):
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return SchemaError(
+                    f"field {col.field.name!r}: the string at row {i} cannot be stored as UTF-8: it holds a lone "
+                    f"surrogate {v[e.start]!r} at position {e.start} ({v!r:.60})"
+                )
+    return SchemaError(f"field {col.field.name!r}: a string cannot be stored as UTF-8")
 
 
 def encode_batch(columns: dict[str, Column], schema: Schema, arrow_sch: pa.Schema) -> pa.RecordBatch:

@@ -6,7 +6,9 @@ JSON (never pickle). See ``docs/format.md`` for the JSON layout.
 
 from __future__ import annotations
 
+import contextvars
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,7 +18,10 @@ import numpy as np
 
 from .errors import SchemaError, UnsupportedFormatError
 
-__all__ = ["Field", "Schema", "SCHEMA_FORMAT_VERSION", "DTYPES"]
+__all__ = ["Field", "Schema", "SCHEMA_FORMAT_VERSION", "DTYPES", "RESERVED_PREFIX", "RESERVED_SUFFIXES",
+           "reserved_suffix"]
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_FORMAT_VERSION = 1
 
@@ -40,7 +45,19 @@ DTYPES: dict[str, np.dtype] = {
 
 MAX_FIXED_ROW_BYTES = 2**31 - 1  # a fixed-shape row is one fixed_len_byte_array value (int32 length)
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-RESERVED_PREFIX = "__"
+RESERVED_PREFIX = "__"  # internal columns: __shape__<name> in shards, __pad__, __row_id__ in read batches
+#: suffixes readers append to a field's name for the derived arrays they hand out next to it:
+#: ``<name>__shape`` (row shapes of a padded or flat variable field), ``<name>__offsets`` (row
+#: offsets of a flat variable field), ``<name>__valid`` (row validity of a nullable field)
+RESERVED_SUFFIXES = ("__shape", "__offsets", "__valid")
+# set while a schema stored in a dataset is parsed: names with a reserved suffix written before
+# they were reserved still open (see Schema.from_dict)
+_STORED = contextvars.ContextVar("tensorstore_fs_stored_schema", default=False)
+
+
+def reserved_suffix(name: str) -> str | None:
+    """The reserved suffix ``name`` ends with (one of :data:`RESERVED_SUFFIXES`), or None."""
+    return next((s for s in RESERVED_SUFFIXES if name.endswith(s)), None)
 
 
 def parse_dtype(dtype: Any, *, field_name: str = "?") -> str:
@@ -99,7 +116,11 @@ class Field:
     Parameters
     ----------
     name : str
-        Column name. Must not start with ``"__"`` (reserved for internal columns).
+        Column name: letters, digits, ``_``, ``.``, ``-``, not starting with a digit. Reserved:
+        names starting with ``"__"`` (internal columns such as ``__pad__``, ``__row_id__``,
+        ``__shape__<name>``) and names ending with ``"__shape"``, ``"__offsets"`` or
+        ``"__valid"`` (:data:`RESERVED_SUFFIXES`: readers name a field's derived arrays
+        ``<name>__shape`` etc., which such a field would collide with).
     dtype : str or numpy dtype
         One of ``bool``, ``int8``–``int64``, ``uint8``–``uint64``, ``float16``/``32``/``64``,
         ``string``, ``bytes``.
@@ -126,6 +147,13 @@ class Field:
             )
         if self.name.startswith(RESERVED_PREFIX):
             raise SchemaError(f"field name {self.name!r} is reserved: names starting with '__' are internal")
+        suffix = reserved_suffix(self.name)
+        if suffix is not None and not _STORED.get():
+            raise SchemaError(
+                f"field name {self.name!r} is reserved: it ends with {suffix!r}, which readers append to a "
+                f"field's name for its derived arrays (reserved suffixes: {', '.join(RESERVED_SUFFIXES)}); "
+                "rename the field"
+            )
         object.__setattr__(self, "dtype", parse_dtype(self.dtype, field_name=self.name))
         object.__setattr__(self, "shape", parse_shape(self.shape, field_name=self.name))
         if not isinstance(self.nullable, bool):
@@ -284,6 +312,14 @@ class Schema:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Schema":
+        """Parse a stored schema (the ``"schema"`` object of a manifest).
+
+        A name ending with a reserved suffix (:data:`RESERVED_SUFFIXES`) is accepted here, so
+        datasets written before those names were reserved still open, unless the schema also has
+        the field the name derives from (``tok__shape`` next to ``tok``): readers would hand out
+        one array under both names, so such a schema is refused with
+        :class:`~tensorstore_fs.UnsupportedFormatError`.
+        """
         if not isinstance(d, Mapping) or "fields" not in d:
             raise SchemaError(f"schema must be an object with 'fields', got {type(d).__name__}")
         version = d.get("format_version")
@@ -292,7 +328,15 @@ class Schema:
                 f"schema format_version {version!r} is not supported (this library reads version "
                 f"{SCHEMA_FORMAT_VERSION})"
             )
-        return cls([Field.from_dict(f) for f in d["fields"]], d.get("metadata") or {})
+        if not isinstance(d["fields"], list):
+            raise SchemaError(f"schema 'fields' must be a list, got {type(d['fields']).__name__}")
+        token = _STORED.set(True)
+        try:
+            fields = [Field.from_dict(f) for f in d["fields"]]
+        finally:
+            _STORED.reset(token)
+        _check_stored_names(fields)
+        return cls(fields, d.get("metadata") or {})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Schema":
@@ -301,3 +345,21 @@ class Schema:
         except ValueError as e:
             raise SchemaError(f"schema JSON is not valid JSON: {e}") from None
         return cls.from_dict(d)
+
+
+def _check_stored_names(fields: Sequence[Field]) -> None:
+    """Refuse a stored schema in which a field's name is another field's derived name."""
+    names = {f.name for f in fields}
+    for f in fields:
+        suffix = reserved_suffix(f.name)
+        if suffix is None:
+            continue
+        base = f.name[: -len(suffix)]
+        if base in names:
+            raise UnsupportedFormatError(
+                f"field {f.name!r} collides with the {suffix!r} array readers derive from field {base!r}: "
+                f"names ending with {', '.join(RESERVED_SUFFIXES)} are reserved (docs/format.md, section 4); "
+                "read the shard files with pyarrow, rename the field and write the dataset again"
+            )
+        logger.warning("stored schema: field %r ends with the reserved suffix %r (written before it was reserved); "
+                       "the dataset opens, but a new schema cannot use this name", f.name, suffix)

@@ -155,6 +155,14 @@ class DatasetWriter:
         Parquet codec for scalar and string columns (default ``"snappy"``, as pyarrow and Spark
         write; pyarrow sets up a zstd decoder for every column chunk, which doubled the time of
         reading a small column of many row groups; ``"zstd"`` stores tabular data ~10% smaller).
+    allow_lossy_cast : bool
+        Values are cast to a field's dtype only when none changes (beyond rounding to the nearest
+        float): by default a float into an integer field, an integer outside the field's range and
+        a finite value that overflows to inf in a float field (``1e6`` into ``float16``) raise
+        :class:`~tensorstore_fs.SchemaError` naming the field, the first such row and its value.
+        ``True`` casts as numpy's ``astype`` does (floats truncate toward zero, integers wrap
+        around, overflow gives +-inf); NaN, +-inf and out-of-range floats into integer fields are
+        refused even then.
 
     Notes
     -----
@@ -175,7 +183,10 @@ class DatasetWriter:
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         compression: str | None = None,
         scalar_compression: str = DEFAULT_SCALAR_COMPRESSION,
+        allow_lossy_cast: bool = False,
     ) -> None:
+        if not isinstance(allow_lossy_cast, bool):
+            raise InvalidArgumentError(f"allow_lossy_cast must be a bool, got {allow_lossy_cast!r}")
         if mode not in MODES:
             raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}")
         if schema is not None and not isinstance(schema, Schema):
@@ -187,6 +198,7 @@ class DatasetWriter:
         self.row_group_bytes = int(row_group_bytes)
         self.shard_bytes = int(shard_bytes)
         self.compression = compression
+        self.allow_lossy_cast = allow_lossy_cast
         # one data page per column chunk: a fixed-shape tensor chunk is then one run of raw bytes
         # that readers map or gather without decoding (tensorstore_fs.parquet.pages); capped below
         # Parquet's 2 GiB page limit
@@ -266,7 +278,7 @@ class DatasetWriter:
         if self.schema is None:
             self._set_schema(infer_schema(batch))
         assert self.schema is not None
-        cols, n = normalize_batch(batch, self.schema)
+        cols, n = normalize_batch(batch, self.schema, allow_lossy_cast=self.allow_lossy_cast)
         if n == 0:
             return 0
         rb = encode_batch(cols, self.schema, self._arrow_schema)
@@ -561,12 +573,15 @@ def write_dataset(
     mode : {"error", "overwrite", "append"}
     storage_options : mapping, optional
     **writer_options
-        ``row_group_bytes``, ``shard_bytes``, ``compression``, ``scalar_compression``.
+        ``row_group_bytes``, ``shard_bytes``, ``compression``, ``scalar_compression``,
+        ``allow_lossy_cast`` (see :class:`DatasetWriter`).
 
     Raises
     ------
     SchemaError
-        Data that violates the schema; nothing is committed.
+        Data that violates the schema, or values a cast to the field's dtype would change
+        (``1e6`` into ``float16``, ``2.5`` into an integer field; ``allow_lossy_cast=True``
+        accepts them); nothing is committed.
     DatasetExistsError
         ``mode="error"`` and something exists at ``url``.
     """
