@@ -326,7 +326,7 @@ def test_stream_order_and_epochs(url):
     for e in (2, 0, 1):
         ds.set_epoch(e)
         assert same_stream(id_stream(loader), per_workers[2][e]), e
-    assert same_stream(id_stream(loader), per_workers[2][1])  # workers are fresh copies: no set_epoch, same epoch
+    assert same_stream(id_stream(loader), per_workers[2][2])  # no set_epoch: the pass after epoch 1 (issue 17)
 
     # num_workers=0 iterates in this process and advances by itself
     ds = TorchDataset(url, **kw)

@@ -41,6 +41,7 @@ from ..read import (
 )
 from ..schema import Field
 from . import _tf_native
+from ._tf_passes import count_from, per_iterator
 from ._tf_transport import EXITING, READERS, Ragged, tf_dtype, to_tensor
 
 __all__ = ["TFReader", "make_tf_dataset"]
@@ -159,13 +160,13 @@ class TFReader:
         self._lock = threading.Lock()
         self._epoch = 0
         self._history: tuple = ()
-        self._passes = [0] * num_workers  # passes over the tf.data.Dataset each worker thread started
+        self._passes = 0  # passes over the tf.data.Dataset started since the last set_epoch / load_state_dict
         self._native_op, self._native = self._native_columns(native)
         self._zero_copy = _tf_native.zero_copy() if zero_copy is None else zero_copy
         self._streams = [self.stream.for_thread() for _ in range(num_workers)]  # own files and memory per thread
         self._located = "rows" if self._native else None  # native columns come as FileRows (where they are)
         self._shard_index = {self.stream.shard_path(i): i for i in range(len(self.stream.ds.shards))} if self._native else {}
-        self._iters: list[Iterator[dict[str, Any]] | None] = [None] * num_workers
+        self._iters: list[tuple[int, Iterator[Any]] | None] = [None] * num_workers  # (pass, generator) per plan worker
         self._sig = self._signature()
         # what crosses per chunk: ragged components flat, every other entry already cut into
         # (batches, batch size, ...) by NumPy (a free view), so the graph only slices
@@ -186,7 +187,7 @@ class TFReader:
     @property
     def epoch(self) -> int:
         """The epoch the next pass over the dataset starts with."""
-        return self._epoch + max(self._passes) * self._epochs_per_pass
+        return self._epoch + self._passes * self._epochs_per_pass
 
     @property
     def _epochs_per_pass(self) -> int:
@@ -196,14 +197,14 @@ class TFReader:
         """Make the next pass start ``epoch`` from its beginning."""
         check_int("epoch", epoch, 0)
         with self._lock:
-            self._epoch, self._history, self._passes = epoch, (), [0] * self.num_workers
+            self._epoch, self._history, self._passes = epoch, (), 0
 
     def __len__(self) -> int:
         """Batches the next pass yields for this rank."""
         if self.num_epochs is None:
             raise TypeError("a TFReader with num_epochs=None has no length")
         e = self.epoch
-        history = self._history if not any(self._passes) else ()
+        history = self._history if not self._passes else ()
         first = self.stream.batches_left(e, self.world_size, history, self.rank)
         full = self.stream.plan(e + 1, self.world_size).num_batches(self.rank)
         return first + full * (self.num_epochs - 1)
@@ -339,15 +340,19 @@ class TFReader:
             rows = min(READ_BYTES // (python_bytes + 12 * len(self._native)), 64 * self.spec.batch_size)
         return max(1, rows // self.spec.batch_size) * self.spec.batch_size
 
-    def _generate(self, worker: int) -> Iterator[tuple[dict[str, Any], list[int]]]:
-        """One pass of plan worker ``worker``: ``(chunk of consecutive batches, batch sizes)``."""
+    def _begin_pass(self) -> int:
+        """A new pass (an iterator of the ``tf.data.Dataset``, see ``_tf_passes``): its number."""
         with self._lock:
-            n = self._passes[worker]
-            self._passes[worker] += 1
+            self._passes += 1
+            return self._passes - 1
+
+    def _generate(self, worker: int, n: int) -> Iterator[tuple[dict[str, Any], list[int]]]:
+        """Pass ``n`` of plan worker ``worker``: ``(chunk of consecutive batches, batch sizes)``."""
+        with self._lock:
             history = self._history if n == 0 else ()
         stream: PlannedStream = self._streams[worker]
         first = self._epoch + n * self._epochs_per_pass
-        epochs = range(first, first + self.num_epochs) if self.num_epochs is not None else _count(first)
+        epochs = range(first, first + self.num_epochs) if self.num_epochs is not None else count_from(first)
         chunk_rows = self._chunk_rows(stream)
         for epoch in epochs:
             plan, source, skip, _ = stream.resume_plan(epoch, self.world_size, history, self.rank, worker,
@@ -357,26 +362,26 @@ class TFReader:
                                                    chunk_rows=chunk_rows, located=self._located):
                 yield self._convert(chunk), sizes
 
-    def _fetch(self, worker: Any, index: Any) -> list[tf.Tensor]:
-        """py_function body: the next chunk of plan worker ``worker`` as tensors, its batch sizes
-        and a "more" flag. Index 0 starts a new pass (the next epoch); an exhausted pass returns
-        empty tensors and False."""
+    def _fetch(self, worker: Any, index: Any, pass_: Any) -> list[tf.Tensor]:
+        """py_function body: the next chunk of plan worker ``worker`` in pass ``pass_`` as tensors,
+        its batch sizes and a "more" flag (index 0 starts the pass; its end: empty and False)."""
         with self._lock:
             self._in_flight += 1
         try:
-            return self._next_chunk(int(worker), int(index))
+            return self._next_chunk(int(worker), int(index), int(pass_))
         finally:
             with self._lock:
                 self._in_flight -= 1
 
-    def _next_chunk(self, w: int, index: int) -> list[tf.Tensor]:
+    def _next_chunk(self, w: int, index: int, n: int) -> list[tf.Tensor]:
         if EXITING.is_set():  # the interpreter is exiting: end the pass (see _tf_transport.drain_at_exit)
             self._iters[w] = None
         elif index == 0:
-            self._iters[w] = self._generate(w)
-        item = next(self._iters[w], None) if self._iters[w] is not None else None
+            self._iters[w] = (n, self._generate(w, n))
+        mine = self._iters[w] if self._iters[w] is not None and self._iters[w][0] == n else None  # (not a dropped pass's)
+        item = next(mine[1], None) if mine is not None else None
         if item is None:
-            self._iters[w] = None
+            self._iters[w] = None if mine is not None else self._iters[w]
             # (a padded variable field's dimensions are None in the signature: 0 here)
             empty = [tf.zeros((0,) + tuple(d or 0 for d in s.shape[1:]), s.dtype) for s in self._chunk_sig.values()]
             return empty + [tf.zeros((0,), tf.int64), tf.constant(False)]
@@ -387,7 +392,7 @@ class TFReader:
                    for key, s in self._chunk_sig.items()]
         return tensors + [tf.constant(sizes, tf.int64), tf.constant(True)]
 
-    def _worker_dataset(self, worker: Any) -> tf.data.Dataset:
+    def _worker_dataset(self, worker: Any, pass_: Any) -> tf.data.Dataset:
         """Plan worker ``worker``'s batches: chunks of equal-size batches cross from Python in one
         call and are cut into batches inside tf.data: ``flat_map(from_tensor_slices)`` hands out
         views of the chunk (``unbatch`` copies every batch, measurably slower)."""
@@ -396,7 +401,7 @@ class TFReader:
 
         @tf.autograph.experimental.do_not_convert
         def fetch(index: tf.Tensor) -> tuple[dict[str, Any], tf.Tensor]:
-            out = tf.py_function(self._fetch, [worker, index], dtypes)
+            out = tf.py_function(self._fetch, [worker, index, pass_], dtypes)
             chunk = {}
             for (k, s), t in zip(sig.items(), out):
                 t.set_shape(s.shape)
@@ -433,12 +438,7 @@ class TFReader:
         memory as it is (C-contiguous, writable, 64-byte aligned: the usual case), otherwise with
         one aligned copy; with the native gather, fixed-shape tensor columns are copied once,
         from the shard files into the batch, by TensorFlow's threads."""
-        if self.num_workers == 1:
-            ds = self._worker_dataset(tf.constant(0, tf.int64))
-        else:
-            ds = tf.data.Dataset.range(self.num_workers).interleave(
-                self._worker_dataset, cycle_length=self.num_workers, block_length=1,
-                num_parallel_calls=self.num_workers, deterministic=True)
+        ds = per_iterator(self._begin_pass, self._worker_dataset, self.num_workers)
         if self._native:
             # the copies run ahead on TensorFlow's threads while the training step uses a batch
             ds = ds.map(tf.autograph.experimental.do_not_convert(self._materialize),
@@ -455,7 +455,7 @@ class TFReader:
         The state is the same as ``TorchDataset``'s rank-level state, so either adapter resumes it.
         """
         check_int("consumed_batches", consumed_batches, 0)
-        passes = max(self._passes)
+        passes = self._passes
         epoch = self._epoch + max(0, passes - 1) * self._epochs_per_pass
         history = self._history if passes <= 1 else ()
         # the epochs of this pass it completed are behind it
@@ -475,13 +475,7 @@ class TFReader:
             raise InvalidArgumentError("a DataLoader worker's state cannot resume a tf.data reader; "
                                        "save a rank-level state (TorchDataset.state_dict outside workers)")
         with self._lock:
-            self._epoch, self._history, self._passes = parsed.epoch, parsed.history, [0] * self.num_workers
-
-
-def _count(start: int) -> Iterator[int]:
-    while True:
-        yield start
-        start += 1
+            self._epoch, self._history, self._passes = parsed.epoch, parsed.history, 0
 
 
 def make_tf_dataset(ds_or_url: Dataset | str, columns: Sequence[str] | None = None, filter: Any = None,

@@ -5,8 +5,7 @@
 >>> ds = TorchDataset("/data/train", columns=["image", "label"], batch_size=256, shuffle=True)
 >>> loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
 >>> for epoch in range(10):
-...     ds.set_epoch(epoch)          # needed only without persistent workers
-...     for batch in loader: ...     # dict of torch tensors
+...     for batch in loader: ...     # dict of torch tensors; each pass reads the next epoch
 
 Each rank reads its share of the epoch (equal counts under ``remainder="drop"`` or ``"pad"``),
 each DataLoader worker reads whole windows of that share, and the DataLoader's round-robin
@@ -21,6 +20,7 @@ import os
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -30,11 +30,12 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 
 from .._checks import check_int
 from ..errors import InvalidArgumentError
-from ..plan import PlanSpec, Segment
+from ..plan import EpochPlan, PlanSpec, Segment
 from ..predicates import Predicate
 from ..ragged import RaggedRows
 from ..read import DEFAULT_WINDOW_BYTES, Dataset, FileRows, ReadOptions, StreamState, open_stream
 from . import _ring
+from ._passes import IN_PROCESS, MAX_WORKERS, PassBoard, View
 from ._torch_handoff import FileTensor, file_tensor, gather_in_worker, share_batch
 
 __all__ = ["TorchBatch", "TorchDataset", "to_torch"]
@@ -254,13 +255,17 @@ class TorchDataset(IterableDataset):
             f.name for f in ds.schema.fields if f.name in self.stream.columns and f.is_variable
             and f.shape[0] is None and all(d is not None for d in f.shape[1:]))
         self.num_epochs = num_epochs
-        self._epoch = 0
-        self._history: tuple[Segment, ...] = ()
-        self._skip = 0  # worker-level restore (StatefulDataLoader)
-        self._yielded = 0
-        self._done = False  # the epoch was read to its end; the next iteration starts the next one
-        self._source: int | None = None  # the plan worker whose stream this DataLoader worker reads
-        self._unfolded = False  # _history still ends with the segment a rank-level state resumed from
+        # where each pass starts, shared with every copy of this object (see _passes)
+        self._board = PassBoard()
+        self._local: _LocalPin | None = None  # a state restored in this process only (a worker's own)
+        # the pass this process reads itself (in-process, or as a DataLoader worker)
+        self._slot = IN_PROCESS
+        self._pass_seq = 0
+        self._epoch = 0  # the epoch it reads now
+        self._history: tuple[Segment, ...] = ()  # that epoch's plan was made after these segments
+        self._yielded = 0  # batches of that plan handed out (with the ones skipped on a restore)
+        self._done = False  # the epoch was read to its end
+        self._source: int | None = None  # the plan worker whose stream this process reads
 
     @property
     def dataset(self) -> Dataset:
@@ -271,86 +276,154 @@ class TorchDataset(IterableDataset):
         return self.stream.spec
 
     @property
+    def _per_pass(self) -> int:
+        return self.num_epochs if self.num_epochs is not None else 1
+
+    def _view(self) -> View:
+        return self._board.view(self._per_pass, self.num_epochs is None)
+
+    @property
     def epoch(self) -> int:
-        return self._epoch + 1 if self._done else self._epoch
+        """The epoch the next pass (the next ``iter()`` of the DataLoader) starts with."""
+        return self._local.epoch if self._local is not None else self._view().next_epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning at the next iteration (call it on the object handed to
-        the DataLoader, before iterating, when workers are not persistent; persistent workers and
-        ``num_workers=0`` advance by themselves)."""
+        """Pin the next pass to start ``epoch`` from its beginning.
+
+        Without it each pass reads the epoch after the previous pass, however that pass ended, so
+        it is only needed to choose an epoch (``DistributedSampler.set_epoch`` style). Call it on
+        the object handed to the DataLoader: its workers, persistent or not, see it at their
+        next pass.
+        """
         check_int("epoch", epoch, 0)
-        self._epoch, self._history, self._skip, self._yielded, self._done = epoch, (), 0, 0, False
-        self._source, self._unfolded = None, False
+        if get_worker_info() is None:
+            self._board.publish(epoch, (), unfolded=False)
+            self._local = None
+        else:  # inside a worker: that worker's own next pass
+            self._local = _LocalPin(epoch, (), 0, None)
 
     def __len__(self) -> int:
-        """Batches this rank yields per iteration (per epoch times ``num_epochs``)."""
+        """Batches this rank yields in the next pass (per epoch times ``num_epochs``)."""
         if self.num_epochs is None:
             raise TypeError("a TorchDataset with num_epochs=None has no length")
-        n = self.stream.batches_left(self.epoch, self.world_size, () if self._done else self._history, self.rank)
-        full = self.stream.plan(self.epoch + 1, self.world_size).num_batches(self.rank)
+        if self._local is not None:
+            epoch, history = self._local.epoch, self._local.history
+        else:
+            view = self._view()
+            epoch, history = view.next_epoch, view.next_pin.history if view.next_pin is not None else ()
+        n = self.stream.batches_left(epoch, self.world_size, history, self.rank)
+        full = self.stream.plan(epoch + 1, self.world_size).num_batches(self.rank)
         return n + full * (self.num_epochs - 1)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """A new pass: the epoch after the previous pass (however that one ended), or where
+        ``set_epoch`` / ``load_state_dict`` pinned it. Decided here, not at the first batch, so
+        that every DataLoader worker registers its pass when the DataLoader creates its iterator."""
         info = get_worker_info()
+        if info is None:
+            slot, seed = IN_PROCESS, -1
+        elif info.id >= MAX_WORKERS:
+            raise InvalidArgumentError(f"TorchDataset serves at most {MAX_WORKERS} DataLoader workers, "
+                                       f"got worker {info.id} of {info.num_workers}")
+        else:
+            slot, seed = info.id, info.seed - info.id  # the DataLoader iterator's base seed
+        local, self._local = self._local, None
+        started = self._board.begin(slot, seed, self._per_pass, self.num_epochs is None,
+                                    None if local is None else local.epoch)
+        if local is not None:
+            history, skip, source = local.history, local.skip, local.source
+        else:
+            history, skip, source = started.pin.history if started.pin is not None else (), 0, None
+        self._slot, self._pass_seq = slot, started.seq
+        plan = self._start_epoch(started.epoch, history, skip, source, info)
+        return self._read(plan, info)
+
+    def _start_epoch(self, epoch: int, history: tuple[Segment, ...], skip: int, source: int | None,
+                     info: Any) -> EpochPlan:
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epochs = range(self.num_epochs) if self.num_epochs is not None else iter(int, 1)
-        for _ in epochs:
-            if self._done:
-                self._epoch, self._history, self._yielded, self._done = self._epoch + 1, (), 0, False
-                self._source = None
-            plan, source, skip, self._history = self.stream.resume_plan(
-                self._epoch, self.world_size, self._history, self.rank, worker, num_workers)
-            self._unfolded = False  # _history is now the plan's base and _yielded counts from it
-            if self._source is not None:  # worker-level restore: continue the stream this worker had
-                source, skip = self._source, 0
-            skip, self._skip, self._source = skip + self._skip, 0, source
-            self._yielded = skip
-            in_worker = info is not None
-            # in workers, located tensor rows travel as file locations; in-process, consecutive
-            # rows are views of a private map of the file (no copy), but not under
-            # remainder="pad", whose padding repeats rows that a caller may have modified
-            located = ("rows" if self._file_backed else None) if in_worker else (
-                "private" if self._mapped and self.spec.remainder != "pad" else None)
-            for batch in self.stream.iter_worker(plan, self.rank, source, num_workers, skip, keep_open=not in_worker,
-                                                 located=located):
+        plan, planned_source, planned_skip, self._history = self.stream.resume_plan(
+            epoch, self.world_size, history, self.rank, worker, num_workers)
+        if source is not None:  # worker-level restore: continue the stream this worker had
+            planned_source, planned_skip = source, 0
+        self._epoch, self._source, self._yielded, self._done = epoch, planned_source, planned_skip + skip, False
+        self._board.reach(self._slot, epoch)
+        return plan
+
+    def _read(self, plan: EpochPlan, info: Any) -> Iterator[dict[str, Any]]:
+        num_workers = info.num_workers if info is not None else 1
+        in_worker = info is not None
+        # in workers, located tensor rows travel as file locations; in-process, consecutive
+        # rows are views of a private map of the file (no copy), but not under
+        # remainder="pad", whose padding repeats rows that a caller may have modified
+        located = ("rows" if self._file_backed else None) if in_worker else (
+            "private" if self._mapped and self.spec.remainder != "pad" else None)
+        epochs_read = 0
+        while True:
+            for batch in self.stream.iter_worker(plan, self.rank, self._source, num_workers, self._yielded,
+                                                 keep_open=not in_worker, located=located):
                 self._yielded += 1
                 converted = to_torch(batch, self.variable, self._jagged, defer_files=in_worker)
                 if in_worker and self._file_backed and _ring.available():
                     converted = gather_in_worker(converted)
                 yield TorchBatch(share_batch(converted) if in_worker else converted)
-            # Advance lazily: a worker that finished its share while other workers still read this
-            # epoch must save "epoch e, all my batches" (not "epoch e + 1, nothing"), or a
-            # StatefulDataLoader restore would make it read the whole next epoch into this one.
+            # A worker that finished its share while other workers still read this epoch saves
+            # "epoch e, all my batches" (not "epoch e + 1, nothing"), or a StatefulDataLoader
+            # restore would make it read the whole next epoch into this one.
             self._done = True
+            epochs_read += 1
+            if self.num_epochs is not None and epochs_read >= self.num_epochs:
+                return
+            plan = self._start_epoch(self._epoch + 1, (), 0, None, info)
 
     # -- resume -----------------------------------------------------------------------------------
     def state_dict(self, consumed_batches: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
         """A small, JSON-ready resume state.
 
         Inside a DataLoader worker (torchdata's ``StatefulDataLoader`` calls it there) it records
-        that worker's progress. Elsewhere it records the rank's progress: the batches this process
-        yielded (``num_workers=0``), or pass ``consumed_batches`` — the batches the training loop
-        took from the DataLoader this epoch — and the DataLoader's ``num_workers``.
+        that worker's progress. Elsewhere it records the rank's progress in the current pass (the
+        one last started; the pinned start when none started since ``set_epoch`` /
+        ``load_state_dict``): the batches this process yielded (``num_workers=0``), or pass
+        ``consumed_batches`` — the batches the training loop took from the DataLoader this pass —
+        and the DataLoader's ``num_workers``.
         """
         info = get_worker_info()
-        epoch, history, yielded = self._epoch, self._history, self._yielded
-        if self._done and info is None:  # this process finished the epoch: the next one starts fresh
-            epoch, history, yielded = epoch + 1, (), 0
-        if info is None:
-            consumed = yielded if consumed_batches is None else int(consumed_batches)
-            if self._unfolded:  # resumed, and the iteration ran in workers: count on from the resume point
-                history, consumed = StreamState.fold(history, self.world_size, max(1, num_workers or 1), consumed)
+        if info is not None:
+            if self._local is not None:  # restored, not started yet
+                epoch, history, yielded, plan_worker = (self._local.epoch, self._local.history, self._local.skip,
+                                                        info.id if self._local.source is None else self._local.source)
+            else:
+                epoch, history, yielded = self._epoch, self._history, self._yielded
+                plan_worker = info.id if self._source is None or self._done else self._source
+            state = StreamState.rank_dict(self.dataset.version, self.spec, epoch, history, self.world_size,
+                                          info.num_workers, 0)
+            del state["consumed_batches"]
+            state.update(worker=info.id, worker_batches=yielded, plan_worker=plan_worker)
+            return state
+        if consumed_batches is None and self._local is None and self._pass_seq and \
+                self._pass_seq == self._board.newest():
+            # this process reads the current pass itself: count what it handed out
+            epoch, history, consumed = self._epoch, self._history, self._yielded
+            if self._done:  # the epoch was read to its end: the next one starts fresh
+                epoch, history, consumed = epoch + 1, (), 0
             return StreamState.rank_dict(self.dataset.version, self.spec, epoch, history, self.world_size,
-                                         num_workers or 1, consumed)
-        state = StreamState.rank_dict(self.dataset.version, self.spec, epoch, history, self.world_size,
-                                      info.num_workers, 0)
-        del state["consumed_batches"]
-        state.update(worker=info.id, worker_batches=yielded,
-                     plan_worker=info.id if self._source is None or self._done else self._source)
-        return state
+                                         max(1, num_workers or 1), consumed)
+        consumed = 0 if consumed_batches is None else check_int("consumed_batches", consumed_batches, 0)
+        workers = max(1, num_workers or 1)
+        if self._local is not None:
+            epoch, history, unfolded = self._local.epoch, self._local.history, False
+        else:
+            view = self._view()
+            pin = view.current_pin
+            epoch, history, unfolded = view.current_epoch, pin.history if pin else (), bool(pin and pin.unfolded)
+        if self.num_epochs != 1:  # the epochs of this pass it completed are behind it
+            epoch, history, consumed = self.stream.roll_over(epoch, self.world_size, history, self.rank, consumed)
+        if unfolded:  # resumed from a rank-level state: count on from the resume point
+            history, consumed = StreamState.fold(history, self.world_size, workers, consumed)
+        return StreamState.rank_dict(self.dataset.version, self.spec, epoch, history, self.world_size,
+                                     workers, consumed)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`'s state.
+        """Continue from :meth:`state_dict`'s state at the next pass.
 
         A rank-level state may come from a different world size or worker count: the rest of the
         epoch is re-planned over exactly the rows not consumed yet. A worker-level state (from
@@ -358,15 +431,28 @@ class TorchDataset(IterableDataset):
         """
         # parsed in full before anything changes: a malformed state leaves the reader as it was
         parsed = StreamState.parse(dict(state) if isinstance(state, Mapping) else state, self.dataset.version, self.spec)
-        self._skip, self._yielded, self._done, self._source = 0, 0, False, None
+        info = get_worker_info()
         if parsed.worker is not None:
-            info = get_worker_info()
             here = (info.id, info.num_workers) if info is not None else (0, 1)
             if (parsed.worker, parsed.num_workers) != here or parsed.world_size != self.world_size:
                 raise InvalidArgumentError(
                     f"worker state of worker {parsed.worker}/{parsed.num_workers} (world {parsed.world_size}) "
                     f"cannot restore worker {here[0]}/{here[1]} (world {self.world_size}); use a rank-level state"
                 )
-            self._skip, self._source = parsed.worker_batches, parsed.plan_worker
-        self._epoch, self._history = parsed.epoch, parsed.history
-        self._unfolded = parsed.worker is None
+            self._local = _LocalPin(parsed.epoch, parsed.history, parsed.worker_batches, parsed.plan_worker)
+        elif info is not None:  # a rank-level state inside a worker: that worker's own next pass
+            self._local = _LocalPin(parsed.epoch, parsed.history, 0, None)
+        else:
+            self._board.publish(parsed.epoch, parsed.history, unfolded=True)
+            self._local = None
+
+
+@dataclass(frozen=True)
+class _LocalPin:
+    """A start for this process's next pass only: a worker's restored state (its plan worker
+    and the batches of it already delivered)."""
+
+    epoch: int
+    history: tuple[Segment, ...]
+    skip: int
+    source: int | None
