@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .columns import Column
 from .errors import CorruptDatasetError, SchemaError
-from .ragged import RaggedRows
+from .ragged import SHAPE_PREFIX, RaggedRows, check_shapes, padded_shape, shape_fault
 from .schema import Field, Schema
 
 __all__ = [
@@ -29,10 +29,11 @@ __all__ = [
     "stat_columns",
     "encode_batch",
     "decode_column",
+    "check_shapes",
+    "shape_fault",
     "to_arrow_tensor",
 ]
 
-SHAPE_PREFIX = "__shape__"
 _MAX_DIM = 2**31 - 1  # shape columns are int32
 SCHEMA_METADATA_KEY = b"tensorstore_fs.schema"
 
@@ -287,18 +288,38 @@ class _VariableParts:
         self.dtype = dtype
 
 
+def _corrupt_row(message: str, row: int) -> CorruptDatasetError:
+    """A decode error about row ``row`` of a batch; ``.row`` tells callers that know where the
+    batch's rows come from (a file, a row group) which one it is."""
+    err = CorruptDatasetError(message)
+    err.row = row  # type: ignore[attr-defined]
+    return err
+
+
 def _variable_parts(arr: pa.Array, shapes: pa.Array, f: Field) -> _VariableParts:
-    """Read a variable-shape column's buffers and check every valid row's size in one pass."""
+    """Read a variable-shape column's buffers and check every row's shape (:func:`shape_fault`)
+    and every valid row's size, vectorised."""
     n = len(arr)
     ndim = len(f.shape)
     dt = f.numpy_dtype.newbyteorder("<")
     offs = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
     data = arr.buffers()[2]
     payload = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(0, np.uint8)
-    shp = shapes.flatten().to_numpy(zero_copy_only=False).reshape(n, ndim)
+    shp = shapes.flatten().to_numpy(zero_copy_only=False)
+    if len(shapes) != n or shp.size != n * ndim:
+        raise CorruptDatasetError(f"field {f.name!r}: the shape column holds {shp.size} values for {len(shapes)} "
+                                  f"rows; {n} rows of {ndim} dimensions need {n * ndim}")
+    shp = shp.reshape(n, ndim)
     valid = _valid_mask(arr)
     itemsize = dt.itemsize
-    expected = np.prod(shp, axis=1, dtype=np.int64)
+    fault = shape_fault(shp, f.shape, itemsize, valid)
+    if fault is not None:
+        raise _corrupt_row(f"field {f.name!r}: row {fault[0]} {fault[1]}", fault[0])
+    # values per row, exact (every row is under 2**60 bytes): column by column, 5x faster than
+    # np.prod(axis=1) on an (n, 3) array
+    expected = shp[:, 0].astype(np.int64)
+    for k in range(1, ndim):
+        expected *= shp[:, k]
     # bytes each row's slice of the payload really holds (slices past the end are cut short)
     lo = np.clip(offs[:-1], 0, payload.size)
     hi = np.clip(offs[1:], 0, payload.size)
@@ -309,10 +330,9 @@ def _variable_parts(arr: pa.Array, shapes: pa.Array, f: Field) -> _VariableParts
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         shape = tuple(int(x) for x in shp[i])
-        raise CorruptDatasetError(
+        raise _corrupt_row(
             f"field {f.name!r}: row {i} payload holds {int(held[i])} bytes ({int(held[i]) / itemsize:g} values) "
-            f"but its shape {shape} needs {int(expected[i])}"
-        )
+            f"but its shape {shape} needs {int(expected[i])}", i)
     typed = None
     if not (offs % itemsize).any():
         typed = payload[: payload.size - payload.size % itemsize].view(dt)
@@ -368,8 +388,9 @@ def _rows(parts: _VariableParts, ndim: int) -> list[np.ndarray | None]:
     return [src[a:b].view(dt).reshape(s) if v else None for a, b, s, v in zip(lo, hi, shapes, valid)]
 
 
-def pad_variable(rows: list[np.ndarray | None], f: Field) -> tuple[np.ndarray, np.ndarray]:
-    """Pad variable-shape rows with zeros to the largest extent per dimension.
+def pad_variable(rows: list[np.ndarray | None], f: Field, max_padded_bytes: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Pad variable-shape rows with zeros to their largest extent per dimension.
 
     Parameters
     ----------
@@ -377,6 +398,9 @@ def pad_variable(rows: list[np.ndarray | None], f: Field) -> tuple[np.ndarray, n
         Rows as returned by :func:`variable_values`.
     f : Field
         The field's schema.
+    max_padded_bytes : int, optional
+        Cap on the padded array's bytes (:func:`~tensorstore_fs.ragged.padded_shape`; None: the
+        larger of 1 GiB and 16 times the rows' own bytes).
 
     Returns
     -------
@@ -384,11 +408,16 @@ def pad_variable(rows: list[np.ndarray | None], f: Field) -> tuple[np.ndarray, n
         ``(n, *max_shape)`` of ``f``'s dtype, zeros past each row's extent.
     shapes : numpy.ndarray
         ``(n, ndim)`` int64 row shapes; null rows have shape zeros.
+
+    Raises
+    ------
+    InvalidArgumentError
+        The padded array would pass the cap (nothing is allocated).
     """
     ndim = len(f.shape)
     shapes = np.array([r.shape if r is not None else (0,) * ndim for r in rows], dtype=np.int64).reshape(len(rows), ndim)
-    max_shape = tuple(int(x) for x in (shapes.max(axis=0) if len(rows) else np.zeros(ndim, np.int64)))
-    out = np.zeros((len(rows), *max_shape), dtype=f.numpy_dtype)
+    values = sum(r.size for r in rows if r is not None)
+    out = np.zeros(padded_shape(f.name, shapes, f.numpy_dtype, values, max_padded_bytes), dtype=f.numpy_dtype)
     for i, r in enumerate(rows):
         if r is not None and r.size:
             out[(i, *[slice(0, s) for s in r.shape])] = r
@@ -399,7 +428,8 @@ LONG_ROW_VALUES = 64  # mean values a row from which padding copies row by row (
 # 1-8 values pad faster through the mask, rows of 16-512 row by row)
 
 
-def _pad_parts(parts: _VariableParts, f: Field) -> tuple[np.ndarray, np.ndarray] | None:
+def _pad_parts(parts: _VariableParts, f: Field, max_padded_bytes: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`pad_variable` in a few numpy calls, for fields whose only variable dimension is the
     first and whose valid rows sit back to back in an aligned payload; None where that does not hold."""
     if parts.typed is None or f.shape[0] is not None or any(d is None for d in f.shape[1:]):
@@ -416,7 +446,8 @@ def _pad_parts(parts: _VariableParts, f: Field) -> tuple[np.ndarray, np.ndarray]
     starts, stops = bounds[:-1][live], bounds[1:][live]
     if len(starts) > 1 and (starts[1:] != stops[:-1]).any():
         return None
-    max_shape = tuple(int(x) for x in shapes.max(axis=0)) if n else (0,) * len(f.shape)
+    values = int(stops[-1] - starts[0]) if len(starts) else 0
+    max_shape = padded_shape(f.name, shapes, f.numpy_dtype, values, max_padded_bytes)[1:]
     out = np.zeros((n, *max_shape), dtype=f.numpy_dtype)
     if len(starts) and out.size:
         inner = int(np.prod(max_shape[1:], dtype=np.int64))
@@ -443,12 +474,16 @@ def _pad_parts(parts: _VariableParts, f: Field) -> tuple[np.ndarray, np.ndarray]
 
 
 def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = False,
-                  flat: bool = False) -> dict[str, Any]:
+                  flat: bool = False, max_padded_bytes: int | None = None) -> dict[str, Any]:
     """Decode field ``f`` from a storage-layout batch into numpy.
 
     Returns a dict with ``{f.name: values}``, plus ``{f.name + "__shape": shapes}`` for padded
     variable-shape fields. Variable-shape fields are a list of per-row arrays, or with ``pad``
-    zero-padded, or with ``flat`` one :class:`~tensorstore_fs.ragged.RaggedRows`.
+    zero-padded to the batch's own widest extents (at most ``max_padded_bytes``, see
+    :func:`~tensorstore_fs.ragged.padded_shape`), or with ``flat`` one
+    :class:`~tensorstore_fs.ragged.RaggedRows`. Every row's stored shape is checked
+    (:func:`shape_fault`): a bad one is a :class:`~tensorstore_fs.CorruptDatasetError` naming the
+    field and the row.
     """
     arr = _single_chunk(table.column(f.name))
     if f.is_fixed_tensor:
@@ -462,12 +497,12 @@ def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = Fal
         else:
             parts = _variable_parts(arr, shape_arr, f)
             if pad:
-                fast = _pad_parts(parts, f)
+                fast = _pad_parts(parts, f, max_padded_bytes)
                 if fast is not None:
                     return {f.name: fast[0], f.name + "__shape": fast[1]}
             rows = _rows(parts, len(f.shape))
         if pad:
-            padded, shapes = pad_variable(rows, f)
+            padded, shapes = pad_variable(rows, f, max_padded_bytes)
             return {f.name: padded, f.name + "__shape": shapes}
         return {f.name: rows}
     if f.dtype in ("string", "bytes"):
@@ -479,13 +514,14 @@ def decode_column(table: pa.Table | pa.RecordBatch, f: Field, *, pad: bool = Fal
     return {f.name: _masked(values, valid, f)}
 
 
-def pad_rows(rows: RaggedRows, f: Field) -> dict[str, np.ndarray]:
+def pad_rows(rows: RaggedRows, f: Field, max_padded_bytes: int | None = None) -> dict[str, np.ndarray]:
     """``decode_column(..., pad=True)`` of rows already decoded flat: ``{name: zero-padded
-    values, name + "__shape": shapes}`` (a batch sliced from one flat decode of a longer read)."""
+    values, name + "__shape": shapes}`` (a batch sliced from one flat decode of a longer read),
+    padded to the batch's own widest extents, at most ``max_padded_bytes``."""
     parts = _VariableParts(rows.values, rows.values, rows.offsets * rows.values.itemsize, rows.shapes, rows.valid,
                            rows.values.dtype)
-    fast = _pad_parts(parts, f) if len(rows) else None
-    padded, shapes = fast if fast is not None else pad_variable(rows.to_list(), f)
+    fast = _pad_parts(parts, f, max_padded_bytes) if len(rows) else None
+    padded, shapes = fast if fast is not None else pad_variable(rows.to_list(), f, max_padded_bytes)
     return {f.name: padded, f.name + "__shape": shapes}
 
 

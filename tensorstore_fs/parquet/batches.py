@@ -3,16 +3,25 @@
 :func:`read_batches` is the sequential read of both read engines (the scanner and the planned
 stream): whole row groups decoded at once and sliced where that is cheaper, pyarrow's batch reader
 where rows are wide or few are wanted, and located tensor values taken as they are in the file.
+Given the file's name, it checks the stored shapes of variable-shape columns as they are decoded
+(:func:`~tensorstore_fs.ragged.check_shapes`: a bad one is a
+:class:`~tensorstore_fs.CorruptDatasetError` naming the file, the row group, the field and the row).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Sequence
+import bisect
+import itertools
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..ragged import SHAPE_PREFIX, check_shapes
 from .rowgroups import row_bytes, use_threads
+
+if TYPE_CHECKING:
+    from ..schema import Schema
 
 __all__ = ["read_batches"]
 
@@ -27,6 +36,8 @@ def read_batches(
     limit: int | None = None,
     direct: Callable[[int], dict[str, pa.Array]] | None = None,
     cut: bool = True,
+    name: str | None = None,
+    schema: "Schema | None" = None,
 ) -> Iterator[pa.RecordBatch]:
     """Decode ``row_groups`` of ``pf`` as record batches of ``sizes[0]``, ``sizes[1]``, ... rows,
     then ``then`` rows each (the last batch may be shorter).
@@ -57,6 +68,11 @@ def read_batches(
     cut : bool
         False: where row groups are read whole, yield them as read (one batch per row group, in
         row order) and leave cutting to the caller.
+    name : str, optional
+        The file's name: the stored shapes of variable-shape columns are checked as they are
+        decoded (one min and max per dimension a batch), errors naming the file and row group.
+    schema : Schema, optional
+        The dataset's schema, for those checks to know each field's fixed dimensions.
 
     Yields
     ------
@@ -88,8 +104,10 @@ def read_batches(
         # wide rows to decode (tensors): the batch reader decodes a batch that spans row groups
         # straight into one buffer; whole row groups would cost a second copy for every such batch
         whole = False
+    shapes = name is not None and any(c.startswith(SHAPE_PREFIX) for c in columns)
     if not whole:
-        yield from _stream_batches(pf, groups, columns, next_size)
+        stream = _stream_batches(pf, groups, columns, next_size)
+        yield from _checked(stream, pf, groups, name, schema) if shapes else stream
         return
 
     def decoded() -> Iterator[pa.RecordBatch]:
@@ -100,7 +118,7 @@ def read_batches(
             return
         # mapped tensor columns come per row group; the other columns are decoded for runs of
         # row groups at once and sliced (pyarrow's fixed cost per call dominates small columns)
-        schema = pa.schema([arrow.field(c) for c in columns], metadata=arrow.metadata)
+        layout = pa.schema([arrow.field(c) for c in columns], metadata=arrow.metadata)
         rest = [c for c in columns if c not in first]
         i = 0
         for run in _runs_by_bytes(pf, groups, rest or columns, GROUPED_READ_BYTES):
@@ -117,9 +135,25 @@ def read_batches(
                           else extra.column(c) if c in missing else table.column(c).slice(at, n)
                           for c in columns]
                 at += n
-                yield from pa.Table.from_arrays(arrays, schema=schema).to_batches()
+                yield from pa.Table.from_arrays(arrays, schema=layout).to_batches()
 
-    yield from _recut(decoded(), next_size(), next_size) if cut else decoded()
+    batches = _checked(decoded(), pf, groups, name, schema) if shapes else decoded()
+    yield from _recut(batches, next_size(), next_size) if cut else batches
+
+
+def _checked(batches: Iterable[pa.RecordBatch], pf: pq.ParquetFile, groups: Sequence[int], name: str | None,
+             schema: "Schema | None") -> Iterator[pa.RecordBatch]:
+    """``batches`` (the rows of ``groups`` in order), each one's stored shapes checked first."""
+    starts = list(itertools.accumulate((pf.metadata.row_group(rg).num_rows for rg in groups), initial=0))
+    at = 0
+    for rb in batches:
+        # the row groups this batch's rows come from, as (first row relative to the batch, label)
+        first = max(0, bisect.bisect_right(starts, at) - 1)
+        last = bisect.bisect_left(starts, at + rb.num_rows)
+        parts = [(starts[i] - at, f"row group {groups[i]}") for i in range(first, min(last, len(groups)))]
+        check_shapes(rb, str(name), parts, schema)
+        at += rb.num_rows
+        yield rb
 
 
 def _recut(batches: Iterable[pa.RecordBatch], want: int, next_size: Any,

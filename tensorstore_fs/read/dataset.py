@@ -116,12 +116,13 @@ class Dataset:
         pad_variable: bool | None = None,
         flat_variable: bool | None = None,
         readahead_bytes: int | None = None,
+        max_padded_bytes: int | None = None,
     ) -> Scanner:
         """A :class:`~tensorstore_fs.read.scan.Scanner`: iterate it for batches, read ``.stats``
         after. Arguments as in :meth:`to_batches`."""
         options = ReadOptions(columns, filter, predicate, batch_size, drop_last=drop_last,
                               variable=variable_mode(variable, pad_variable, flat_variable),
-                              readahead_bytes=readahead_bytes)
+                              readahead_bytes=readahead_bytes, max_padded_bytes=max_padded_bytes)
         return Scanner(self.storage, self.manifest, options, storage_schema=self.storage_schema)
 
     def to_batches(
@@ -136,6 +137,7 @@ class Dataset:
         pad_variable: bool | None = None,
         flat_variable: bool | None = None,
         readahead_bytes: int | None = None,
+        max_padded_bytes: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Yield batches as dicts of numpy arrays, in storage order.
 
@@ -165,6 +167,10 @@ class Dataset:
             Bytes read ahead of the consumer (the next row groups' column chunks: fetched from an
             object store, asked of the page cache on a local disk); 0 turns it off. Default
             ``$TSFS_READAHEAD_BYTES``, else 256 MiB (:mod:`tensorstore_fs.read.readahead`).
+        max_padded_bytes : int, optional
+            ``variable="pad"``: the most bytes a batch's padded field may take (each batch is padded
+            to its own widest extents; past the cap: :class:`~tensorstore_fs.InvalidArgumentError`).
+            Default: the larger of 1 GiB and 16 times the batch's rows' own bytes.
 
         Yields
         ------
@@ -175,7 +181,7 @@ class Dataset:
         """
         variable = variable_mode(variable, pad_variable, flat_variable)
         return iter(self.scanner(columns, filter, predicate, batch_size, variable=variable, drop_last=drop_last,
-                                 readahead_bytes=readahead_bytes))
+                                 readahead_bytes=readahead_bytes, max_padded_bytes=max_padded_bytes))
 
     def to_table(
         self,

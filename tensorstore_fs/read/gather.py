@@ -3,7 +3,10 @@
 Dense fields (scalars without nulls, fixed-shape tensors without nulls) are copied with numpy
 straight from each row group's zero-copy view — the decoded column, or the file's own bytes where
 they are located (:meth:`~tensorstore_fs.parquet.rowgroups.OpenFile.values`) — into the batch
-array (one copy); other fields go through Arrow ``take``.
+array (one copy); other fields go through Arrow ``take``. Variable-shape fields are padded per
+batch (``variable="pad"``: to the batch's own widest extents, at most ``max_padded_bytes``), and
+every row group's stored shapes are checked when it is read (a bad one is a
+:class:`~tensorstore_fs.CorruptDatasetError` naming the file, the row group, the field and the row).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import pyarrow as pa
 
 from .._pool import ALIGN, SMALL_BYTES, RecyclingPool, aligned_empty
 from ..encoding import decode_column, storage_columns
+from ..errors import CorruptDatasetError
 from ..parquet.pages import locatable
 from ..parquet.rowgroups import OpenFile
+from ..ragged import check_shapes
 from ..schema import Field, Schema
 
 __all__ = ["Gatherer", "UNIT_CACHE"]
@@ -28,8 +33,9 @@ UNIT_CACHE = 6  # decoded row groups kept per worker (windows share their bounda
 class _Unit:
     """One decoded row group and lazily made zero-copy numpy views of its dense columns."""
 
-    def __init__(self, table: pa.Table, direct: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, table: pa.Table, direct: dict[str, np.ndarray] | None = None, where: str = "") -> None:
         self.table = table
+        self.where = where  # "<file>: row group <rg>", for errors about its rows
         self._views: dict[str, np.ndarray | None] = dict(direct or {})
 
     def dense(self, name: str, f: Any) -> np.ndarray | None:
@@ -52,12 +58,17 @@ class Gatherer:
         The stream's fields, in output order.
     variable : {"list", "pad", "flat"}
         How variable-shape fields are decoded.
+    max_padded_bytes : int, optional
+        Cap on a padded variable-shape field's bytes in one batch
+        (:func:`~tensorstore_fs.ragged.padded_shape`; None: the default cap).
     """
 
-    def __init__(self, schema: Schema, columns: Sequence[str], variable: str) -> None:
+    def __init__(self, schema: Schema, columns: Sequence[str], variable: str,
+                 max_padded_bytes: int | None = None) -> None:
         self.schema = schema
         self.columns = list(columns)
         self.variable = variable
+        self.max_padded_bytes = max_padded_bytes
         self.pool = RecyclingPool()
         # per-batch bookkeeping that depends only on the columns and batch size, computed once
         self._field_cache: dict[tuple[str, ...], list[Field]] = {}
@@ -74,7 +85,9 @@ class Gatherer:
                 if values is not None:
                     direct[name] = values.view(fld.numpy_dtype.newbyteorder("<")).reshape((len(values), *fld.shape))
         rest = [c for c in storage_columns(self.schema, cols) if c not in direct]
-        return _Unit(f.read_row_group(rg, rest) if rest else pa.table({}), direct)
+        table = f.read_row_group(rg, rest) if rest else pa.table({})
+        check_shapes(table, f.name, [(0, f"row group {rg}")], self.schema)
+        return _Unit(table, direct, f"{f.name}: row group {rg}")
 
     def batches(self, unit: Callable[[int], _Unit], units: np.ndarray, local: np.ndarray, sizes: list[int],
                 cols: list[str]) -> Iterator[dict[str, Any]]:
@@ -122,9 +135,16 @@ class Gatherer:
                 position[where] = np.arange(start, start + len(where))
                 start += len(where)
             table = pa.concat_tables(pieces).take(pa.array(position))
-            for name in arrow_fields:
-                out.update(decode_column(table, self.schema.field(name), pad=self.variable == "pad",
-                                         flat=self.variable == "flat"))
+            try:
+                for name in arrow_fields:
+                    out.update(decode_column(table, self.schema.field(name), pad=self.variable == "pad",
+                                             flat=self.variable == "flat", max_padded_bytes=self.max_padded_bytes))
+            except CorruptDatasetError as e:  # row i of the batch is row local[i] of row group units[i]
+                row = getattr(e, "row", None)
+                if row is None or not 0 <= row < n:
+                    raise
+                msg = str(e).replace(f"row {row} ", f"row {int(local[row])} ", 1)
+                raise CorruptDatasetError(f"{loaded[int(units[row])].where}: {msg}") from None
         return {name: out[name] for name in self.output_order(out)}
 
     def _fields_of(self, cols: list[str]) -> list[Field]:

@@ -12,6 +12,7 @@ from .._checks import check_int
 from ..errors import InvalidArgumentError
 from ..plan import REMAINDERS
 from ..predicates import Predicate
+from ..ragged import check_max_padded_bytes
 from ..schema import Schema
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "VARIABLE_MODES", "ReadOptions", "resolve_columns", "variable_mode"]
@@ -89,6 +90,11 @@ class ReadOptions:
     readahead_bytes : int or None
         Bytes a reader fetches ahead of its consumer (:mod:`tensorstore_fs.read.readahead`); 0
         turns read-ahead off; None: ``$TSFS_READAHEAD_BYTES``, else 256 MiB.
+    max_padded_bytes : int or None
+        ``variable="pad"``: the most bytes one batch's padded variable-shape field may take (each
+        batch is padded to its own widest extents); a batch past it raises
+        :class:`~tensorstore_fs.InvalidArgumentError`. None: the larger of 1 GiB and 16 times the
+        bytes of the batch's rows themselves (:func:`~tensorstore_fs.ragged.padded_shape`).
     """
 
     columns: tuple[str, ...] | None = None
@@ -104,6 +110,7 @@ class ReadOptions:
     with_row_ids: bool = False
     num_epochs: int | None = 1
     readahead_bytes: int | None = None
+    max_padded_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.columns is not None:
@@ -121,6 +128,7 @@ class ReadOptions:
         object.__setattr__(self, "num_epochs", check_int("num_epochs", self.num_epochs, allow_none=True))
         object.__setattr__(self, "readahead_bytes", check_int("readahead_bytes", self.readahead_bytes, 0,
                                                               allow_none=True))
+        object.__setattr__(self, "max_padded_bytes", check_max_padded_bytes(self.max_padded_bytes))
         if self.remainder not in REMAINDERS:
             raise InvalidArgumentError(f"remainder must be one of {REMAINDERS}, got {self.remainder!r}")
         if self.variable not in VARIABLE_MODES:

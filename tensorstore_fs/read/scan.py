@@ -26,6 +26,7 @@ from ..parquet.batches import read_batches
 from ..parquet.pages import locatable
 from ..parquet.rowgroups import FILES, OpenFile, column_bytes
 from ..predicates import Predicate
+from ..ragged import check_shapes
 from ..storage import Storage
 from .options import ReadOptions
 from .prune import RowGroupRef, all_row_groups, check_filter, filter_hint, prune
@@ -180,6 +181,7 @@ class Scanner:
     def _read(self, f: OpenFile, ref: RowGroupRef, fields: list[str], *, account: bool = True) -> pa.Table:
         cols = storage_columns(self.schema, fields)
         table = f.read_row_group(ref.row_group, cols)
+        check_shapes(table, f.name, [(0, f"row group {ref.row_group}")], self.schema)  # before any row is decoded
         if account:
             self.stats.bytes_read += column_bytes(f.parquet, ref.row_group, cols)
         return table
@@ -271,7 +273,7 @@ class Scanner:
         done, read = 0, 0
         try:
             for rb in read_batches(f.parquet, [r.row_group for r in refs], cols, [first], bs, limit=self._row_limit,
-                                   direct=self._direct(f), cut=cut):
+                                   direct=self._direct(f), cut=cut, name=f.name, schema=self.schema):
                 self.stats.rows_matched += rb.num_rows
                 read += rb.num_rows
                 # a row group is done once a later one is read from (the reader may still hold it)
@@ -385,7 +387,7 @@ class Scanner:
             out: dict[str, Any] = {}
             for k, v in batch.items():
                 if k in padded:
-                    out.update(pad_rows(v, padded[k]))  # values, then __shape: decode's order
+                    out.update(pad_rows(v, padded[k], self.options.max_padded_bytes))  # values, then __shape
                 else:
                     out[k] = v
             return out

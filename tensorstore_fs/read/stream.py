@@ -69,8 +69,9 @@ class PlannedStream:
     """
 
     def __init__(self, ds: Dataset, spec: PlanSpec, columns: Sequence[str] | None, selection: Selection,
-                 *, variable: str = "list", with_row_ids: bool = False, readahead: int | None = None) -> None:
-        self.ds = ds
+                 *, variable: str = "list", with_row_ids: bool = False, readahead: int | None = None,
+                 max_padded_bytes: int | None = None) -> None:
+        self.ds, self.max_padded_bytes = ds, max_padded_bytes  # the cap on a padded batch (ReadOptions)
         self.readahead_bytes = readahead_bytes(readahead)
         self.spec = spec
         self.columns = resolve_columns(ds.schema, columns)
@@ -87,7 +88,7 @@ class PlannedStream:
         self._read_rows = max(1, READ_BYTES // row_bytes)
         self._files: HeldFiles | None = None
         self._files_pid: int | None = None
-        self._gather = Gatherer(ds.schema, self.columns, self.variable)
+        self._gather = Gatherer(ds.schema, self.columns, self.variable, max_padded_bytes)
 
     def for_thread(self) -> "PlannedStream":
         """A stream reading the same plan with its own files and batch memory (one per thread)."""
@@ -237,7 +238,7 @@ class PlannedStream:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_files"], state["_files_pid"] = None, None  # open files never travel to other processes
-        state["_gather"] = Gatherer(self.ds.schema, self.columns, self.variable)
+        state["_gather"] = Gatherer(self.ds.schema, self.columns, self.variable, self.max_padded_bytes)
         return state
 
     def _runs(self, batches: Iterator[tuple[int, np.ndarray, np.ndarray]]
@@ -407,7 +408,8 @@ class PlannedStream:
                     c, h = c + 1, 0
             reads = merge_pieces(pieces, self._read_rows)
             it = read_batches(files.get(shard).parquet, rgs, storage_columns(schema, cols),
-                              ([skip] if skip else []) + [sum(r) for r in reads], 1)
+                              ([skip] if skip else []) + [sum(r) for r in reads], 1, name=self._shard_url(shard),
+                              schema=schema)
             try:
                 if skip:
                     self._next_read(it, shard)
@@ -425,7 +427,7 @@ class PlannedStream:
                         if have == sizes[cur]:
                             batch = pending[0] if len(pending) == 1 else join_pieces(pending)
                             for f in padded:
-                                batch[1].update(pad_rows(batch[1].pop(f.name), f))
+                                batch[1].update(pad_rows(batch[1].pop(f.name), f, self.max_padded_bytes))
                             yield batch
                             cur, have, pending = cur + 1, 0, []
             finally:
@@ -453,7 +455,7 @@ class PlannedStream:
             for name in cols if table is not None else ():
                 if name not in out:
                     out.update(decode_column(table, self.ds.schema.field(name), pad=self.variable == "pad",
-                                             flat=self.variable == "flat"))
+                                             flat=self.variable == "flat", max_padded_bytes=self.max_padded_bytes))
             if len(out) > 1:
                 out = {k: out[k] for k in self._gather.output_order(out)}
         if self.spec.remainder == "pad":
@@ -492,5 +494,6 @@ def open_stream(ds_or_url: Dataset | str, options: ReadOptions, *, rank: int | N
                     drop_last=options.drop_last,
                     window_rows=window_rows(ds, int(selection.counts.sum()), options.batch_size, options.window_bytes))
     stream = PlannedStream(ds, spec, options.columns, selection, variable=options.variable,
-                           with_row_ids=options.with_row_ids, readahead=options.readahead_bytes)
+                           with_row_ids=options.with_row_ids, readahead=options.readahead_bytes,
+                           max_padded_bytes=options.max_padded_bytes)
     return stream, world

@@ -75,8 +75,8 @@ class TFReader:
         DataLoader with that many workers).
     variable : {"ragged", "pad"}
         Variable-shape fields as ``tf.RaggedTensor`` (default) or zero-padded plus ``<name>__shape``.
-    window_bytes, with_row_ids, version, storage_options, cache_dir, readahead_bytes
-        As in ``TorchDataset``.
+    window_bytes, with_row_ids, version, storage_options, cache_dir, readahead_bytes, max_padded_bytes
+        As in ``TorchDataset`` (a padded field is padded per batch, to that batch's widest rows).
     native : bool, optional
         Fixed-shape tensor columns of local datasets are copied out of the shard files by a
         TensorFlow kernel (``_tf_gather.cc``, compiled on first use; see
@@ -133,6 +133,7 @@ class TFReader:
         readahead_bytes: int | None = None,
         native: bool | None = None,
         zero_copy: bool | None = None,
+        max_padded_bytes: int | None = None,
     ) -> None:
         for name, value in (("native", native), ("zero_copy", zero_copy)):
             if value not in (None, True, False):
@@ -142,7 +143,7 @@ class TFReader:
         num_workers = check_int("num_workers", num_workers)
         options = ReadOptions(columns, filter, predicate, batch_size, shuffle, seed, remainder, drop_last,
                               window_bytes, VARIABLE_MODES[variable], with_row_ids, num_epochs,
-                              readahead_bytes)
+                              readahead_bytes, max_padded_bytes)
         if input_context is not None:
             if rank is not None or world_size is not None:
                 raise InvalidArgumentError("pass input_context= or rank=/world_size=, not both")
@@ -332,7 +333,9 @@ class TFReader:
 
     def _chunk_rows(self, stream: PlannedStream) -> int:
         """Rows of one Python call: about ``READ_BYTES`` of what Python itself decodes (native
-        fields travel as 12 bytes a row), a whole number of batches."""
+        fields travel as 12 bytes a row), a whole number of batches; one if a field is padded."""
+        if any(f.is_variable and f.name not in self._ragged for f in self._fields):
+            return self.spec.batch_size  # each batch is padded to its own widest rows, not a chunk's
         rows = stream.read_rows
         if self._native:
             row_bytes = max(1, stream.ds.nbytes // max(1, len(stream.ds)))

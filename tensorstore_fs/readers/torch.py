@@ -207,6 +207,11 @@ class TorchDataset(IterableDataset):
         the shard files instead of the bytes, and the main process maps them itself: consecutive
         rows become copy-on-write memory maps (no copy; writes stay private to the batch), other
         rows are gathered there. ``False`` sends every batch through shared memory.
+    max_padded_bytes : int, optional
+        ``variable="pad"``: the most bytes one batch's padded field may take (each batch is
+        padded to its own widest extents; past it, :class:`~tensorstore_fs.InvalidArgumentError`
+        naming the field, the batch's rows and the shape). Default: the larger of 1 GiB and 16
+        times the bytes of the batch's rows themselves.
     """
 
     def __init__(
@@ -232,13 +237,14 @@ class TorchDataset(IterableDataset):
         cache_dir: str | os.PathLike | None = None,
         readahead_bytes: int | None = None,
         file_backed: bool = True,
+        max_padded_bytes: int | None = None,
     ) -> None:
         super().__init__()
         if variable not in VARIABLE_MODES:
             raise InvalidArgumentError(f"variable must be one of {tuple(VARIABLE_MODES)}, got {variable!r}")
         options = ReadOptions(columns, filter, predicate, batch_size, shuffle, seed, remainder, drop_last,
                               window_bytes, VARIABLE_MODES[variable], with_row_ids, num_epochs,
-                              readahead_bytes)
+                              readahead_bytes, max_padded_bytes)
         self.stream, world = open_stream(ds_or_url, options, rank=rank, world_size=world_size, version=version,
                                          storage_options=storage_options, cache_dir=cache_dir)
         self.rank, self.world_size = world.rank, world.world_size
