@@ -15,11 +15,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ._crc import crc32c
-from .errors import CorruptDatasetError, DatasetNotFoundError, InvalidArgumentError, UnsupportedFormatError
+from .errors import (CorruptDatasetError, DatasetNotFoundError, InvalidArgumentError, StorageError,
+                     UnsupportedFormatError)
 from .schema import Schema
 from .storage import Storage
 
@@ -79,7 +82,8 @@ class ShardInfo:
 
     def __post_init__(self) -> None:
         parts = self.path.split("/")
-        if len(parts) < 2 or parts[0] != SHARD_DIR or any(p in ("", ".", "..") for p in parts) or "\\" in self.path:
+        if (len(parts) < 2 or parts[0] != SHARD_DIR or any(p in ("", ".", "..") for p in parts) or "\\" in self.path
+                or any(ord(c) < 32 or c == "\x7f" for c in self.path)):
             # a manifest names files inside its dataset's data/ folder, nothing else: a crafted one
             # must not make a reader open (or verify, or export) files elsewhere
             raise CorruptDatasetError(f"shard path {self.path!r}: not a relative path inside {SHARD_DIR}/")
@@ -151,34 +155,204 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: bytes, *, where: str = "manifest") -> "Manifest":
+        """Parse and validate a manifest file's bytes (``where`` names the file in errors).
+
+        Every claim is checked once, here, before anything uses it (docs/format.md, "How a reader
+        validates a manifest"): JSON without non-finite numbers, a bounded nesting depth, the
+        checksum, the type and range of every key, row counts that add up, statistics that fit
+        their column's type, and shard paths inside ``data/``.
+
+        Raises
+        ------
+        CorruptDatasetError
+            Naming ``where``, the shard or row group and what is wrong.
+        UnsupportedFormatError
+            Another ``format_version``.
+        """
         try:
-            d = json.loads(data)
-        except ValueError as e:
+            d = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+        except RecursionError:
+            raise CorruptDatasetError(f"{where} is nested too deeply to be a manifest") from None
+        except (ValueError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise CorruptDatasetError(f"{where} is not valid JSON (truncated or corrupt): {e}") from None
         if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
             raise CorruptDatasetError(f"{where} is not a tensorstore_fs manifest")
         if d.get("format_version") != MANIFEST_FORMAT_VERSION:
             raise UnsupportedFormatError(
-                f"{where} has format_version {d.get('format_version')!r}; this library reads version "
+                f"{where} has format_version {_show(d.get('format_version'))}; this library reads version "
                 f"{MANIFEST_FORMAT_VERSION} (upgrade tensorstore_fs)"
             )
-        stored = d.pop("checksum", None)
-        if stored is None or f"{_body_crc(d):08x}" != stored:
-            raise CorruptDatasetError(f"{where} failed its checksum: it was modified or damaged")
         try:
-            m = cls(
-                version=int(d["version"]),
-                parent_version=None if d["parent_version"] is None else int(d["parent_version"]),
-                schema=Schema.from_dict(d["schema"]),
-                shards=tuple(ShardInfo.from_dict(s) for s in d["shards"]),
-                created_at=d.get("created_at", ""),
-                writer=d.get("writer", ""),
-            )
-        except (KeyError, TypeError, ValueError, CorruptDatasetError) as e:
-            if isinstance(e, CorruptDatasetError):
-                raise CorruptDatasetError(f"{where}: {e}") from None
+            _check_depth(d, MAX_DEPTH)
+            stored = d.pop("checksum", None)
+            if not isinstance(stored, str) or f"{_body_crc(d):08x}" != stored:
+                raise CorruptDatasetError("failed its checksum: it was modified or damaged")
+            return _parse_body(cls, d)
+        except CorruptDatasetError as e:
+            raise type(e)(f"{where}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError, RecursionError) as e:
+            # the schema's own parser (SchemaError is a ValueError) and anything _parse_body missed
             raise CorruptDatasetError(f"{where} is malformed: {type(e).__name__}: {e}") from None
-        return m
+
+
+# -- validation of a parsed manifest (once, when it is read) ------------------------------------------
+MAX_DEPTH = 16  # a manifest nests 6 deep (body > shards > shard > row_groups > group > stats > column)
+MAX_ROWS = 2**53  # every row count, and their total (int64 arithmetic never overflows below this)
+MIN_SHARD_BYTES = 12  # the smallest Parquet file: "PAR1", an empty footer's length, "PAR1"
+MAX_PAGE_VALUES = 2**31 - 1  # a Parquet data page counts its values in an int32
+_CRC_HEX = re.compile(r"[0-9a-f]{8}")
+_INT_RANGES = {f"int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)}
+_INT_RANGES.update({f"uint{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} (JSON has none)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} overflows a float")
+    return value
+
+
+def _check_depth(value: Any, limit: int) -> None:
+    """Refuse containers nested deeper than ``limit`` (iteratively: no recursion on hostile input)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth >= limit:
+                raise CorruptDatasetError(f"nested more than {limit} levels deep: not a manifest")
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+
+
+def _int(d: Mapping[str, Any], key: str, what: str, lo: int = 0, hi: int = MAX_ROWS, default: Any = ...) -> int:
+    if key not in d:
+        if default is not ...:
+            return default
+        raise CorruptDatasetError(f"{what}: missing {key!r}")
+    v = d[key]
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise CorruptDatasetError(f"{what}: {key!r} must be an integer in [{lo}, {hi}], got {_show(v)}")
+    return v
+
+
+def _obj(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise CorruptDatasetError(f"{what} must be a JSON object, got {_show(v)}")
+    return v
+
+
+def _list(v: Any, what: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise CorruptDatasetError(f"{what} must be a JSON array, got {_show(v)}")
+    return v
+
+
+def _str(d: Mapping[str, Any], key: str, what: str, default: str = "") -> str:
+    v = d.get(key, default)
+    if not isinstance(v, str):
+        raise CorruptDatasetError(f"{what}: {key!r} must be a string, got {_show(v)}")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CorruptDatasetError(f"{what}: {key!r} is not valid Unicode (a lone surrogate)") from None
+    return v
+
+
+def _show(v: Any) -> str:
+    text = repr(v) if not isinstance(v, (dict, list)) else type(v).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_body(cls: type["Manifest"], d: dict[str, Any]) -> "Manifest":
+    version = _int(d, "version", "the manifest", 1, 2**62)
+    parent = d.get("parent_version")
+    if parent is not None:
+        parent = _int(d, "parent_version", "the manifest", 1, version - 1)
+    schema = Schema.from_dict(_obj(d.get("schema"), "'schema'"))
+    shards = tuple(_parse_shard(s, i, version, schema) for i, s in enumerate(_list(d.get("shards"), "'shards'")))
+    m = cls(version=version, parent_version=parent, schema=schema, shards=shards,
+            created_at=_str(d, "created_at", "the manifest"), writer=_str(d, "writer", "the manifest"))
+    total = m.rows
+    if total > MAX_ROWS:
+        raise CorruptDatasetError(f"shards claim {total} rows in all, more than {MAX_ROWS}")
+    for key, actual in (("rows", total), ("bytes", m.bytes)):
+        if key in d and d[key] != actual:
+            raise CorruptDatasetError(f"'{key}' is {_show(d[key])} but its shards add up to {actual}")
+    return m
+
+
+def _parse_shard(s: Any, i: int, version: int, schema: Schema) -> ShardInfo:
+    what = f"shard {i}"
+    s = _obj(s, what)
+    path = _str(s, "path", what)
+    what = f"shard {i} ({path!r})"
+    rows = _int(s, "rows", what)
+    size = _int(s, "bytes", what, MIN_SHARD_BYTES, 2**62)
+    crc = s.get("crc32c")
+    if not isinstance(crc, str) or not _CRC_HEX.fullmatch(crc):
+        raise CorruptDatasetError(f"{what}: 'crc32c' must be 8 lowercase hex digits, got {_show(crc)}")
+    groups = []
+    for j, g in enumerate(_list(s.get("row_groups"), f"{what}: 'row_groups'")):
+        gwhat = f"{what}, row group {j}"
+        g = _obj(g, gwhat)
+        # each data page counts at most 2^31 - 1 values, and a page takes at least a byte of the file
+        g_rows = _int(g, "rows", gwhat, 0, min(MAX_ROWS, MAX_PAGE_VALUES * size))
+        groups.append(RowGroupInfo(rows=g_rows, stats=_parse_stats(g.get("stats"), g_rows, gwhat, schema)))
+    return ShardInfo(path=path, rows=rows, bytes=size, crc32c=int(crc, 16), row_groups=tuple(groups),
+                     version_added=_int(s, "version_added", what, 0, version, default=0))
+
+
+def _parse_stats(stats: Any, rows: int, what: str, schema: Schema) -> dict[str, dict[str, Any]]:
+    if stats is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, st in _obj(stats, f"{what}: 'stats'").items():
+        cwhat = f"{what}, statistics of {name!r}"
+        st = _obj(st, cwhat)
+        if name not in schema or not schema.field(name).is_scalar:
+            raise CorruptDatasetError(f"{cwhat}: no scalar field of that name in the schema")
+        entry: dict[str, Any] = {"nulls": _int(st, "nulls", cwhat, 0, rows, default=0)}
+        if ("min" in st) != ("max" in st):
+            raise CorruptDatasetError(f"{cwhat}: has one of 'min' and 'max' without the other")
+        if "min" in st:
+            dtype = schema.field(name).dtype
+            lo, hi = (_stat_value(st[k], dtype, f"{cwhat}: {k!r}") for k in ("min", "max"))
+            if hi < lo:  # type: ignore[operator]
+                raise CorruptDatasetError(f"{cwhat}: min {_show(lo)} is greater than max {_show(hi)}")
+            entry["min"], entry["max"] = lo, hi
+        out[name] = entry
+    return out
+
+
+def _stat_value(v: Any, dtype: str, what: str) -> Any:
+    """A statistic bound checked against its column's type (Arrow must be able to compare with it)."""
+    if dtype in _INT_RANGES:
+        lo, hi = _INT_RANGES[dtype]
+        ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+        expected = f"an integer in [{lo}, {hi}]"
+    elif dtype.startswith("float"):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= _FLOAT_MAX[dtype]
+        expected = f"a finite {dtype} number"
+    elif dtype == "bool":
+        ok, expected = isinstance(v, bool), "true or false"
+    elif dtype == "string":
+        ok, expected = isinstance(v, str), "a string"
+        if ok:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                ok, expected = False, "a valid Unicode string"
+    else:
+        ok, expected = False, f"absent (a {dtype} column has no bounds)"
+    if not ok:
+        raise CorruptDatasetError(f"{what} must be {expected}, got {_show(v)}")
+    return v
+
+
+_FLOAT_MAX = {"float16": 65504.0, "float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 
 
 def _body_crc(body: Mapping[str, Any]) -> int:
@@ -190,21 +364,53 @@ def now_iso() -> str:
 
 
 def latest_version(storage: Storage) -> int | None:
-    """Newest committed version, or None if the URL holds no dataset."""
-    hint = 0
-    if storage.exists(LATEST):
-        try:
-            hint = int(storage.read_bytes(LATEST).decode().strip())
-        except ValueError:
-            logger.warning("%s: ignoring unreadable %s", storage.url, LATEST)
+    """Newest committed version, or None if the URL holds no dataset.
+
+    ``_latest`` is only a hint of where to start probing ``manifest-<v+1>.json``, ``<v+2>``, ...:
+    a hint that is unreadable counts as 0, and one naming a version whose manifest does not exist
+    (larger than the newest, or a manifest removed since) is replaced by the newest manifest
+    found by listing ``_tsfs/`` (docs/format.md, section 2).
+    """
+    hint = _read_hint(storage)
     v = hint
+    if hint and not storage.exists(manifest_path(hint)):
+        v = _newest_listed(storage)
+        logger.warning("%s: %s names version %d, which has no manifest; probing from version %d",
+                       storage.url, LATEST, hint, v)
+    elif not hint and not storage.exists(manifest_path(1)):  # no hint, no version 1: vacuum removed old versions
+        v = _newest_listed(storage)
     while storage.exists(manifest_path(v + 1)):
         v += 1
-    if v == 0:
-        return None
-    if v == hint and not storage.exists(manifest_path(v)):
-        raise CorruptDatasetError(f"{storage.url}: {LATEST} names version {v} but its manifest is missing")
-    return v
+    return v or None
+
+
+_HINT_BYTES = 32
+_MANIFEST_NAME = re.compile(r"manifest-(\d{1,19})\.json")
+
+
+def _read_hint(storage: Storage) -> int:
+    """The version ``_latest`` names, or 0 when it is absent or not a plain version number."""
+    if not storage.exists(LATEST):
+        return 0
+    try:
+        try:
+            raw = storage.read_range(LATEST, 0, _HINT_BYTES)  # a hostile hint of gigabytes is not read
+        except StorageError:  # some object stores refuse a ranged read of an empty object
+            raw = storage.read_bytes(LATEST)
+        text = raw.decode("ascii").strip()
+    except (UnicodeDecodeError, DatasetNotFoundError):  # garbage, or removed since the check
+        text = ""
+    if text.isdigit() and len(text) <= 18:
+        return int(text)
+    logger.warning("%s: ignoring unreadable %s", storage.url, LATEST)
+    return 0
+
+
+def _newest_listed(storage: Storage) -> int:
+    """The largest version among the manifest files in ``_tsfs/`` (0 if none)."""
+    names = storage.list_names(META_DIR)
+    found = [int(m.group(1)) for n in names if (m := _MANIFEST_NAME.fullmatch(n))]
+    return max(found, default=0)
 
 
 def load_manifest(storage: Storage, version: int | None = None) -> Manifest:

@@ -12,7 +12,8 @@ Vocabulary
   policy: ``"drop"`` (every rank ``N // R`` rows), ``"pad"`` (every rank ``ceil(N / R)``; missing
   rows repeat rows from the start of the sequence and are flagged as padding), ``"uneven"``
   (``N // R`` or one more: every row exactly once, counts differ by at most one).
-* **window** — ``window_rows`` consecutive rows of a rank span (a multiple of the batch size). A
+* **window** — ``window_rows`` consecutive rows of a rank span (a multiple of the batch size, at most
+  ``MAX_WINDOW_ROWS`` unless one batch is larger). A
   window is the unit of work of DataLoader workers (each worker gets a contiguous block of
   windows, ``num_windows * w // num_workers`` up to ``num_windows * (w + 1) // num_workers``, so
   it reads one stretch of storage) and the shuffle buffer: with ``shuffle`` its rows are
@@ -36,6 +37,8 @@ from ._checks import check_int
 from .errors import InvalidArgumentError
 
 __all__ = [
+    "MAX_RUN_ROWS",
+    "MAX_WINDOW_ROWS",
     "REMAINDERS",
     "PlanSpec",
     "Segment",
@@ -45,6 +48,10 @@ __all__ = [
 ]
 
 REMAINDERS = ("drop", "pad", "uneven")
+MAX_WINDOW_ROWS = 1 << 20  # rows of a window at most (planning it takes ~50 bytes a row), unless a batch is larger
+# rows of a storage-contiguous run of batches a reader holds before reading them (their row ids):
+# bounded, so neither a long epoch nor a manifest claiming more rows than its files hold fills memory
+MAX_RUN_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,10 @@ class PlanSpec:
         check_int("window_rows", w)
         if w % self.batch_size:
             w = (w // self.batch_size + 1) * self.batch_size
+        if w > MAX_WINDOW_ROWS:
+            # a window's row ids take 8 bytes a row: never let a window (often sized from the
+            # manifest's bytes per row, which a manifest can understate) allocate more than this
+            w = max(self.batch_size, MAX_WINDOW_ROWS // self.batch_size * self.batch_size)
         object.__setattr__(self, "window_rows", int(w))
 
     def to_dict(self) -> dict:

@@ -20,7 +20,7 @@ import os
 from typing import Any, Mapping
 
 __all__ = ["CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "ATTEMPTS", "conditional_create", "configure",
-           "is_storage_failure", "precondition_failed", "unsafe_commits_allowed", "with_defaults"]
+           "is_local_path", "is_storage_failure", "precondition_failed", "unsafe_commits_allowed", "with_defaults"]
 
 CONNECT_TIMEOUT_S = 10  # an object store that does not accept a connection within this fails the call
 READ_TIMEOUT_S = 20  # ... or does not answer a request within this (a stalled server never hangs a reader)
@@ -38,6 +38,21 @@ def protocol_of(url: str) -> str:
     """The filesystem protocol of ``url`` (``"file"`` for a plain path; the outer one of a chain)."""
     head = url.split("::", 1)[0]
     return head.split("://", 1)[0] if "://" in head else "file"
+
+
+def is_local_path(url: str) -> bool:
+    """Whether ``url`` names a local path: no ``scheme://`` and no leading ``protocol::`` chain
+    with a protocol fsspec knows. ``/data/run::b`` is the local folder ``run::b``;
+    ``simplecache::s3://bucket/x``, ``simplecache::/data/x`` and ``file:///data/x`` go to fsspec
+    (which reads ``::`` as a chain of URLs)."""
+    if "://" in url:
+        return False
+    head, sep, _ = url.partition("::")
+    if not sep:
+        return True
+    import fsspec
+
+    return head not in fsspec.available_protocols()
 
 
 def with_defaults(url: str, options: Mapping[str, Any]) -> dict[str, Any]:

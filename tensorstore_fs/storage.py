@@ -23,7 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ._crc import crc32c_extend
 from .cache import ShardCache, cache_from_env
 from . import remote
-from .errors import (CommitConflictError, DatasetNotFoundError, InvalidArgumentError, StorageError, TensorstoreError,
+from .errors import (CommitConflictError, CorruptDatasetError, DatasetNotFoundError, InvalidArgumentError, StorageError, TensorstoreError,
                      UnsafeCommitError)
 
 __all__ = ["Storage", "ChecksumWriter", "LocalShardSink"]
@@ -188,6 +188,8 @@ class Storage:
         self._fs: Any = None
         self._root: str | None = None
         self._pid = os.getpid()
+        self._real_root: str | None = None  # the root with every link resolved (local only)
+        self._checked: dict[str, str] = {}  # shard paths found to lie inside the root (local only)
 
     # pickling: never ship a live filesystem object to another process
     def __getstate__(self) -> dict[str, Any]:
@@ -202,11 +204,19 @@ class Storage:
         return f"Storage({self.url!r})"
 
     def _connect(self) -> None:
-        try:
-            fs, root = fsspec.core.url_to_fs(self.url, **remote.with_defaults(self.url, self.storage_options))
-        except (ImportError, ValueError) as e:
-            raise InvalidArgumentError(f"cannot open filesystem for {self.url!r}: {e}") from e
+        if remote.is_local_path(self.url):
+            # a plain path is a local path, "::" and all (fsspec would read "/a/run::b" as a chain
+            # of two URLs and open "/a/run"); chains need an explicit protocol (remote.is_local_path)
+            fs: Any = LocalFileSystem()
+            root = fs._strip_protocol(self.url)
+        else:
+            try:
+                fs, root = fsspec.core.url_to_fs(self.url, **remote.with_defaults(self.url, self.storage_options))
+            except (ImportError, ValueError) as e:
+                raise InvalidArgumentError(f"cannot open filesystem for {self.url!r}: {e}") from e
         self._fs, self._root, self._pid = remote.configure(fs, self.storage_options), root.rstrip("/") if root != "/" else root, os.getpid()
+        self._real_root = None
+        self._checked = {}
 
     @property
     def fs(self) -> Any:
@@ -252,6 +262,29 @@ class Storage:
     def path(self, rel: str) -> str:
         """Filesystem path of ``rel`` under the root."""
         return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
+
+    def shard_path(self, rel: str) -> str:
+        """Filesystem path of the shard file ``rel``, for reading. On a local filesystem the path
+        must lead to a file inside the dataset's root once every symbolic link is resolved.
+
+        Raises
+        ------
+        CorruptDatasetError
+            ``rel`` (or a folder on its way) is a link to somewhere outside the dataset.
+        """
+        p = self.path(rel)
+        if not self.is_local or rel in self._checked:
+            return p
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        real = os.path.realpath(p)
+        if os.path.commonpath([real, self._real_root]) != self._real_root:
+            link = next((q for q in _prefixes(p, self.root) if os.path.islink(q)), p)
+            raise CorruptDatasetError(
+                f"{self.url}/{rel}: {link} is a symbolic link to {os.readlink(link) if os.path.islink(link) else real} "
+                f"(resolving to {real}), outside the dataset {self._real_root}: refusing to read it")
+        self._checked[rel] = p
+        return p
 
     # -- small files ------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
@@ -357,6 +390,14 @@ class Storage:
         except FileNotFoundError:
             pass
 
+    def list_names(self, rel: str) -> list[str]:
+        """Names of the entries of folder ``rel`` (empty if it does not exist)."""
+        try:
+            with self._op("listing", rel):
+                return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel), detail=False)]
+        except FileNotFoundError:
+            return []
+
     def is_nonempty_dir(self) -> bool:
         """True if the root exists and holds anything (a file at the root counts too)."""
         with self._op("listing"):
@@ -381,7 +422,7 @@ class Storage:
         """Open a shard for Parquet reading: a memory map locally, an fsspec file elsewhere whose
         failures are :class:`StorageError` (readers open shards through
         :func:`tensorstore_fs.read.scan.open_shard`, which keeps local ones open)."""
-        p = self.path(rel)
+        p = self.shard_path(rel)
         try:
             if self.is_local:
                 import pyarrow as pa
@@ -412,10 +453,19 @@ class Storage:
         """Open a file for sequential reading (used to verify checksums)."""
         try:
             with self._op("opening", rel):
-                fh = self.fs.open(self.path(rel), "rb")
+                fh = self.fs.open(self.shard_path(rel), "rb")
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{self.url}: shard file {rel} is missing") from None
         return fh if self.is_local else _GuardedFile(fh, self, rel)
+
+
+def _prefixes(path: str, root: str) -> list[str]:
+    """``path`` and its parent folders below ``root``, outermost first."""
+    out, q = [], path
+    while len(q) > len(root):
+        out.append(q)
+        q = os.path.dirname(q)
+    return out[::-1]
 
 
 class _GuardedFile:

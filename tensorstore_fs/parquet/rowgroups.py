@@ -129,7 +129,7 @@ class OpenFile:
         self.name = name
         self.path = path
         self.identity = _identity(path) if path is not None else None
-        self.checked = False  # found as its manifest entry records (see check)
+        self.checked: Any = False  # the expectation the file was found to meet (see check)
         self._opener = opener
         self._source: Any = None
         self._pf: pq.ParquetFile | None = None
@@ -216,8 +216,9 @@ class OpenFile:
         rows by that layout, and it must have every column of ``expected`` (the dataset's storage
         schema) with that type, so that nothing is decoded as what it is not. Checked once per
         open file (shard files never change, and open files are kept across reads)."""
-        if self.checked:
-            return
+        key = (tuple(row_group_rows), rows, expected)
+        if self.checked and self.checked == key:  # checked against this very expectation (another
+            return  # manifest naming the same file, e.g. a rewritten one, is checked again)
         md = self.parquet.metadata
         counts = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
         if counts != list(row_group_rows):
@@ -232,7 +233,7 @@ class OpenFile:
                 raise CorruptDatasetError(f"{self.name}: no column {f.name!r} in the file (the schema stores it as {f.type})")
             if not _same_storage_type(f.type, have):
                 raise CorruptDatasetError(f"{self.name}: column {f.name!r} is {have} in the file, the schema stores {f.type}")
-        self.checked = True
+        self.checked = key
 
     # -- decoding ----------------------------------------------------------------------------------
     def read_row_group(self, rg: int, columns: Sequence[str]) -> pa.Table:

@@ -7,6 +7,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
+from .._checks import check_int
 from .._crc import crc32c_extend
 from ..encoding import arrow_schema, decode_column, storage_columns, to_arrow_tensor
 from ..errors import CorruptDatasetError
@@ -14,7 +15,7 @@ from ..manifest import Manifest, ShardInfo, latest_version, load_manifest, manif
 from ..predicates import Predicate
 from ..schema import Schema
 from ..storage import Storage
-from .options import ReadOptions, variable_mode
+from .options import ReadOptions, resolve_columns, variable_mode
 from .prune import RowGroupRef, all_row_groups
 from .scan import Scanner
 
@@ -214,14 +215,30 @@ class Dataset:
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=storage_schema.metadata))
 
     def head(self, n: int = 5, columns: Sequence[str] | None = None) -> dict[str, Any]:
-        """The first ``n`` rows as one batch."""
-        scanner = Scanner(self.storage, self.manifest, ReadOptions(columns, batch_size=max(1, n)),
-                          storage_schema=self.storage_schema, rows_hint=max(1, n))
-        for batch in scanner:
-            return batch
+        """The first ``n`` rows as one batch (fewer when the dataset has fewer).
+
+        Parameters
+        ----------
+        n : int
+            Rows to return, >= 0; ``head(0)`` is an empty batch with every column's dtype and shape.
+        columns : list of str, optional
+            Fields to read (all by default).
+
+        Raises
+        ------
+        InvalidArgumentError
+            ``n`` is not a non-negative int, or a column is unknown.
+        """
+        n = check_int("n", n, 0)
+        names = resolve_columns(self.schema, columns)
+        if n:
+            scanner = Scanner(self.storage, self.manifest, ReadOptions(names, batch_size=n),
+                              storage_schema=self.storage_schema, rows_hint=n)
+            for batch in scanner:
+                return batch
         empty = self.storage_schema.empty_table()
         out: dict[str, Any] = {}
-        for name in columns or self.schema.names:
+        for name in names:
             out.update(decode_column(empty, self.schema.field(name)))
         return out
 

@@ -350,7 +350,7 @@ class ReadAhead:
             try:
                 rel = self.manifest.shards[shard].path
                 if self.mode == "local":
-                    md = pq.read_metadata(self.storage.path(rel))
+                    md = pq.read_metadata(self.storage.shard_path(rel))
                 else:
                     src = self.file(shard)
                     size = src.size()
@@ -389,7 +389,7 @@ class ReadAhead:
     def _advise(self, unit: _Unit) -> None:
         shard, rg = unit.key
         ranges = chunk_ranges(self._footer(shard), rg, self.columns)
-        fd = os.open(self.storage.path(self.manifest.shards[shard].path), os.O_RDONLY)
+        fd = os.open(self.storage.shard_path(self.manifest.shards[shard].path), os.O_RDONLY)
         try:
             for start, end in ranges:
                 os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)

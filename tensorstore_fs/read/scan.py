@@ -68,7 +68,7 @@ def open_shard(storage: Storage, manifest: Manifest, shard: int, expected: pa.Sc
         path = os.path.abspath(cache.fetch(storage, rel, info.bytes, info.crc32c))
         f = FILES.checkout(path, lambda: OpenFile(name, lambda: pa.memory_map(path, "r"), path))
     elif storage.is_local:
-        path = os.path.abspath(storage.path(rel))
+        path = os.path.abspath(storage.shard_path(rel))
         f = FILES.checkout(path, lambda: OpenFile(name, lambda: storage.open_input(rel), path))
     elif readahead is not None:
         f = OpenFile(name, lambda: readahead.file(shard))

@@ -23,7 +23,7 @@ from ..parquet.batches import read_batches
 from ..parquet.filemap import FileRows
 from ..parquet.pages import locatable
 from ..parquet.rowgroups import FILES, private_view
-from ..plan import EpochPlan, PlanSpec, Segment
+from ..plan import MAX_RUN_ROWS, EpochPlan, PlanSpec, Segment
 from ..world import World
 from .dataset import Dataset, open_dataset
 from .gather import UNIT_CACHE, Gatherer, _Unit
@@ -247,18 +247,19 @@ class PlannedStream:
         as one stream, across windows), else one window at a time (gathered)."""
         plain = self.selection.everything
         run: list[tuple[np.ndarray, np.ndarray]] = []
-        run_contiguous, run_window, last = False, -1, -2
+        run_contiguous, run_window, last, run_rows = False, -1, -2, 0
         for k, ids, pad in batches:
             contiguous = (plain and len(ids) > 0 and not pad.any() and int(ids[-1]) - int(ids[0]) == len(ids) - 1
                           and bool(np.all(np.diff(ids) == 1)))
-            if run and contiguous and run_contiguous and int(ids[0]) == last + 1:
+            if run and contiguous and run_contiguous and int(ids[0]) == last + 1 and run_rows < MAX_RUN_ROWS:
                 run.append((ids, pad))
+                run_rows += len(ids)
             elif run and not contiguous and not run_contiguous and k == run_window:
                 run.append((ids, pad))
             else:
                 if run:
                     yield run_contiguous, run
-                run, run_contiguous, run_window = [(ids, pad)], contiguous, k
+                run, run_contiguous, run_window, run_rows = [(ids, pad)], contiguous, k, len(ids)
             last = int(ids[-1]) if len(ids) else last
         if run:
             yield run_contiguous, run
