@@ -158,7 +158,9 @@ class Storage:
     Parameters
     ----------
     url : str or os.PathLike
-        A local path, ``file://``, ``memory://``, ``s3://``, ``gs://`` or any fsspec URL.
+        A local path, ``file://``, ``memory://``, ``s3://``, ``gs://`` or any fsspec URL. A path
+        without ``scheme://`` is local even if it contains ``::`` (``/runs/a::b``); a chain of
+        filesystems needs an explicit protocol (``simplecache::s3://...``; :func:`remote.is_local_path`).
     storage_options : mapping, optional
         Passed to the fsspec filesystem constructor (credentials, endpoint, ...). Object stores get
         finite timeouts and retries by default (:mod:`tensorstore_fs.remote`); values given here win.
