@@ -6,7 +6,6 @@ every input is either imported or refused with a TensorstoreError, never anythin
 from __future__ import annotations
 
 import gzip
-import shutil
 import struct
 import tempfile
 import tracemalloc
@@ -29,9 +28,10 @@ from tensorstore_fs.converters._tfrecord_io import frame, masked_crc, read_recor
 from tensorstore_fs.converters.petastorm import read_petastorm_schema
 from tensorstore_fs.errors import CorruptDatasetError, TensorstoreError, UnsupportedFormatError
 
+from petastorm_files import copy_fixture, set_unischema
+
 DATA = Path(__file__).parent / "data" / "petastorm"
 HELLO = DATA / "hello_world"
-KEY = b"dataset-toolkit.unischema.v1"
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
@@ -39,23 +39,6 @@ FUZZ = settings(max_examples=40, deadline=None,
 
 # ================================================================================================
 # Petastorm pickles (items 7 and 8)
-
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    for p in [dst, *dst.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)  # the checked-in fixture is read-only
-    return dst
-
-
-def _set_unischema(ds_dir: Path, payload: bytes) -> None:
-    path = ds_dir / "_common_metadata"
-    schema = pq.read_schema(path)
-    meta = dict(pq.read_metadata(path).metadata)
-    meta[KEY] = payload
-    meta.pop(b"ARROW:schema", None)
-    path.unlink()
-    pq.write_metadata(schema.with_metadata(meta), path)
-
 
 def _sbu(text: str) -> bytes:
     raw = text.encode()
@@ -83,8 +66,8 @@ def test_bomb_is_122_bytes_of_exponential_structure():
     b"\x80\x04}N" + b"2\x86" * 59 + b"Ns.",
 ])
 def test_pickle_bomb_fails_fast_with_bounded_memory(tmp_path, payload):
-    ps = _copy(HELLO, tmp_path / "ps")
-    _set_unischema(ps, payload)
+    ps = copy_fixture(HELLO, tmp_path / "ps")
+    set_unischema(ps, payload)
     tracemalloc.start()
     try:
         with pytest.raises(CorruptDatasetError, match=r"_common_metadata: .*exceeds a safety limit: .*max_size="):
@@ -182,8 +165,8 @@ def test_state_only_on_fresh_instances(tmp_path, payload, match):
 
 def test_legit_import_after_hostile_attempt(tmp_path):
     """The hostile BUILD in a dataset's _common_metadata, then a real Petastorm dataset imported."""
-    evil = _copy(HELLO, tmp_path / "evil")
-    _set_unischema(evil, b"c" + _CODEC.encode() + _STATE + b".")
+    evil = copy_fixture(HELLO, tmp_path / "evil")
+    set_unischema(evil, b"c" + _CODEC.encode() + _STATE + b".")
     with pytest.raises(UnsupportedFormatError, match=r"evil/_common_metadata: .*BUILD .*ScalarCodec"):
         from_petastorm(str(evil), str(tmp_path / "evil_out"))
     ds = from_petastorm(str(HELLO), str(tmp_path / "out"))
@@ -195,7 +178,7 @@ def test_legit_import_after_hostile_attempt(tmp_path):
 def test_oversized_common_metadata_is_refused_before_reading(tmp_path, monkeypatch):
     from tensorstore_fs.converters import petastorm
 
-    ps = _copy(HELLO, tmp_path / "ps")
+    ps = copy_fixture(HELLO, tmp_path / "ps")
     monkeypatch.setattr(petastorm, "MAX_COMMON_METADATA_BYTES", 100)
     with pytest.raises(CorruptDatasetError, match=r"_common_metadata is \d+ bytes, more than the 100"):
         from_petastorm(str(ps), str(tmp_path / "out"))

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +28,11 @@ from tensorstore_fs.converters import from_petastorm
 from tensorstore_fs.converters._petastorm_schema import ALLOWED_GLOBALS, PetastormField, parse_unischema
 from tensorstore_fs.converters.petastorm import read_petastorm_schema
 
+from petastorm_files import copy_fixture, set_unischema
+
 DATA = Path(__file__).parent / "data" / "petastorm"
 HELLO = DATA / "hello_world"
 EXTRAS = DATA / "extras"
-KEY = b"dataset-toolkit.unischema.v1"
 
 
 # -------------------------------------------------------------------------------------------
@@ -67,22 +67,7 @@ def _ours(col, i):
 
 
 def _copy(src: Path, tmp_path: Path, name: str = "ps") -> Path:
-    dst = tmp_path / name
-    shutil.copytree(src, dst)
-    for p in [dst, *dst.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)  # the checked-in fixture is read-only
-    return dst
-
-
-def _set_unischema(ds_dir: Path, payload: bytes) -> None:
-    """Rewrite ``_common_metadata`` with ``payload`` as the Unischema (footer and ARROW:schema copy)."""
-    path = ds_dir / "_common_metadata"
-    schema = pq.read_schema(path)
-    meta = dict(pq.read_metadata(path).metadata)
-    meta[KEY] = payload
-    meta.pop(b"ARROW:schema", None)
-    path.unlink()
-    pq.write_metadata(schema.with_metadata(meta), path)
+    return copy_fixture(src, tmp_path / name)
 
 
 def _assert_nothing_committed(dest: Path) -> None:
@@ -322,7 +307,7 @@ def test_malicious_unischema_is_refused(tmp_path, name):
     marker = tmp_path / "pwned"
     payload = _payloads(marker)[name]
     ps = _copy(HELLO, tmp_path)
-    _set_unischema(ps, payload)
+    set_unischema(ps, payload)
     refused = name.split(" ")[0]
     with pytest.raises(tsfs.UnsupportedFormatError, match=rf"asks for {refused.replace('.', '[.]')}\b.*allow-list"):
         read_petastorm_schema(str(ps))
@@ -350,7 +335,7 @@ def test_allowed_callables_refuse_bad_arguments(payload, match):
 ])
 def test_garbage_unischema(tmp_path, payload, match):
     ps = _copy(HELLO, tmp_path)
-    _set_unischema(ps, payload)
+    set_unischema(ps, payload)
     with pytest.raises(tsfs.CorruptDatasetError, match=match):
         from_petastorm(str(ps), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
