@@ -13,7 +13,9 @@ Opt-in: ``open_dataset(url, cache_dir=...)`` or the environment variable ``TSFS_
   a stale copy.
 * Least recently used files are deleted when the cache grows past ``max_bytes`` (default 64 GiB or
   ``TSFS_CACHE_BYTES``), but never one used in the last :data:`EVICT_GRACE_S` seconds (every
-  :meth:`ShardCache.fetch` marks a file used): a DataLoader worker hands the main process the
+  :meth:`ShardCache.fetch` marks a file used, at most every :data:`TOUCH_EVERY_S` seconds per
+  process, on the file's ``.lock`` companion: the cached file itself never changes, so readers that
+  keep it open by identity, inode, size and mtime, keep their map): a DataLoader worker hands the main process the
   *location* of rows in a cached file, and the main process maps it moments later. While every
   file is that recent, the cache stays above its limit (logged). A process that still maps a
   deleted file keeps reading it (POSIX).
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 * 2**30
 CHUNK = 8 << 20
 EVICT_GRACE_S = 300.0  # a file used this recently is never evicted (its rows may be in flight to another process)
+TOUCH_EVERY_S = 10.0  # a process marks a cached file used at most this often
+_touched: dict[str, float] = {}  # path -> when this process last marked it used (time.monotonic)
 
 
 def cache_from_env(cache_dir: str | os.PathLike | None) -> "ShardCache | None":
@@ -92,7 +96,7 @@ class ShardCache:
             _touch(final)
             return str(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(final.with_name(final.name + ".lock")):
+        with _locked(_lock_of(final)):
             if not final.exists():  # another process may have filled it while we waited
                 self._download(storage, rel, size, crc32c, final)
                 self._evict(keep=final)
@@ -129,7 +133,7 @@ class ShardCache:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = p.stat()
-                files.append((st.st_mtime, st.st_size, p))
+                files.append((_used(p, st.st_mtime), st.st_size, p))
         total = sum(size for _, size, _ in files)
         recent = time.time() - EVICT_GRACE_S
         for mtime, size, p in sorted(files):
@@ -152,10 +156,27 @@ class ShardCache:
                    if not p.name.endswith(".lock") and not p.name.startswith("."))
 
 
+def _lock_of(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
 def _touch(path: Path) -> None:
-    """Mark ``path`` used now (its modification time orders eviction)."""
+    """Mark ``path`` used now: its ``.lock`` companion's modification time orders eviction (the
+    cached file's own never changes after the fill)."""
+    key, now = str(path), time.monotonic()
+    if now - _touched.get(key, -TOUCH_EVERY_S) < TOUCH_EVERY_S:
+        return
+    _touched[key] = now
     with contextlib.suppress(FileNotFoundError):
-        os.utime(path)
+        _lock_of(path).touch()
+
+
+def _used(path: Path, mtime: float) -> float:
+    """When ``path`` was last marked used (its fill time if never)."""
+    try:
+        return max(mtime, _lock_of(path).stat().st_mtime)
+    except FileNotFoundError:
+        return mtime
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 
 import numpy as np
 import pytest
@@ -150,3 +151,19 @@ def test_dataloader_workers_hand_over_cached_rows_as_file_locations(s3, url, tmp
         for b in batches:
             np.testing.assert_array_equal(b["x"].numpy(), _rows(3000)["x"][b["id"].numpy()])
     assert located and all(str(p).startswith(str(cache)) for paths in located for p in paths)
+
+
+def test_using_a_cached_file_never_changes_it(s3, url, tmp_path, monkeypatch):
+    # readers keep a local file open while its identity (inode, size, mtime) holds: marking a
+    # cached file used must not look like a replaced file, or every batch would map it again
+    monkeypatch.setattr(cache_module, "TOUCH_EVERY_S", 0.0)
+    ds = tsfs.open_dataset(url, storage_options=s3.storage_options(), cache_dir=str(tmp_path / "c"))
+    info = ds.shards[0]
+    path = ds.storage.cache.fetch(ds.storage, info.path, info.bytes, info.crc32c)
+    before = os.stat(path)
+    lock = path + ".lock"
+    os.utime(lock, (0, 0))
+    assert ds.storage.cache.fetch(ds.storage, info.path, info.bytes, info.crc32c) == path
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert os.stat(lock).st_mtime > 0  # the use was recorded on the companion
