@@ -20,6 +20,11 @@ are released and the schedule moves on. What "fetch" means depends on where the 
 
 Reads never wait for read-ahead they do not need: a read the schedule did not cover is served
 directly (one ranged request for exactly the bytes asked for).
+
+A shuffled window reads all its row groups when it starts, in storage order: its steps are
+scheduled in that order, the first window's are fetched together (``now=``), and a window's are
+reported consumed as soon as it has read them, so the fetching of the next window overlaps the
+handing out of this one's batches.
 """
 
 from __future__ import annotations
