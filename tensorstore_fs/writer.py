@@ -439,9 +439,15 @@ class DatasetWriter:
                     fsync_dir(d)
                 missing = [s.path for s in self._shards if not os.path.exists(st.path(s.path))]
             elif self._shards:
+                # only this writer's files (their names share its id): a commit costs what it adds,
+                # not a listing of every shard of the dataset
                 st.fs.invalidate_cache(st.path(SHARD_DIR))
-                listed = {p.rstrip("/").rsplit("/", 1)[-1] for p in st.fs.find(st.path(SHARD_DIR))}
-                missing = [s.path for s in self._shards if s.path.rsplit("/", 1)[-1] not in listed]
+                try:
+                    found = st.fs.find(st.path(SHARD_DIR), prefix=f"part-{self._writer_id}-")
+                    listed = {p.rstrip("/").rsplit("/", 1)[-1] for p in found}
+                    missing = [s.path for s in self._shards if s.path.rsplit("/", 1)[-1] not in listed]
+                except TypeError:  # a filesystem whose find takes no prefix: one existence check a file
+                    missing = [s.path for s in self._shards if not st.fs.exists(st.path(s.path))]
             else:
                 missing = []
         if missing:

@@ -340,3 +340,20 @@ def test_vacuum_on_s3(s3):
     ds.verify()
     with pytest.raises(tsfs.DatasetNotFoundError, match="version 1 does not exist any more"):
         tsfs.open_dataset(url, version=1, storage_options=options)
+
+
+def test_a_shard_removed_before_the_commit_fails_the_write_on_s3(s3):
+    # on an object store the writer lists only its own files (their names carry its id)
+    url = s3.url("vanish")
+    so = s3.storage_options()
+    tsfs.write_dataset(url, batch(0, 10), SCHEMA, storage_options=so)
+    w = tsfs.DatasetWriter(url, mode="append", storage_options=so, **SMALL)
+    for i in range(10):
+        w.write(batch(100 + 20 * i, 20))
+    finished = [s.path for s in w._shards]
+    assert finished
+    w.storage.fs.rm(w.storage.path(finished[0]))
+    with pytest.raises(tsfs.StorageError, match="vanished before the commit.*nothing was committed"):
+        w.close()
+    ds = tsfs.open_dataset(url, storage_options=so)
+    assert ds.version == 1 and np.array_equal(ids_of(ds), np.arange(10))
