@@ -89,7 +89,8 @@ class HeldFiles:
         return 0 if run is None or run[0] else sum(1 for _ in self._schedule([run]))
 
     def _schedule(self, runs: Iterable[Run]) -> Iterator[Use]:
-        """The row groups the runs read, in the order reads first touch them, run by run."""
+        """The row groups the runs read, run by run, in the order reads touch them: a contiguous
+        run's in id order, a gathered window's in storage order (all at once, when it starts)."""
         for contiguous, run in runs:
             if contiguous:  # consecutive ids: the row groups are a range, each partly or wholly read
                 lo, hi = int(run[0][0][0]), int(run[-1][0][-1]) + 1
