@@ -679,7 +679,9 @@ def cold_table(r: dict[str, Any], range_bytes: int) -> tuple[str, dict[str, Any]
         ours = key not in ("ref", "h5py_seq", "h5py_shuf")
         met = rt >= TARGETS["cold"] if ours and rt is not None else None
         twin = h5["shuf" if key.endswith("shuf") else "seq"]
-        vs = ratio(e, twin) if ours else None
+        # both against the sequential read beside them (h5py's drifts as much as ours): their quotient
+        twin_rt = _paired(twin, ref)[0] if ok(twin) else None
+        vs = rt / twin_rt if ours and rt is not None and twin_rt else None
         if ours:
             summ[f"cold_{key}_ratio"] = rt
             summ[f"cold_{key}_met"] = met
@@ -851,7 +853,8 @@ def main(args: argparse.Namespace) -> int:
                 window = r.get("cold_nw0_shuf", {}).get("window_rows") or 16 * BATCH
             for mode in ("seq", "shuf"):
                 guarded(r, f"cold_h5py_{mode}", lambda mode=mode: in_fresh_process(
-                    phase, {**cold, "kind": f"h5py_{mode}", "h5": h5, "window_rows": window, "cold_files": [h5]},
+                    phase, {**cold, "kind": f"h5py_{mode}", "h5": h5, "window_rows": window, "cold_files": [h5],
+                            "paired": local_files},
                     f"cold h5py {mode}"))
 
     rec = {"header": header(TITLE, run.command, run.env()), "args": vars(args), "results": r, "peers": peers,
